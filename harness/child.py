@@ -1,0 +1,117 @@
+"""The wrapper that runs inside every scenario child, with the strategy's own Python.
+
+It is run as a script (``python child.py SCENARIO.py ...``), never imported by the harness's
+children through the harness package, so it uses the standard library only and works on any
+Python the strategy names.
+
+What it does, in order:
+1. enables faulthandler for all threads (fatal signals print every thread's Python stack) and
+   registers SIGUSR1 so that the harness can ask for the stacks of a hung child;
+2. puts the scenario's folder first on ``sys.path`` (scenarios share helpers, ``import _clients``);
+3. with ``--mode atexit``, registers the cleanup function before the work;
+4. runs the scenario's ``main`` (under ``asyncio.run`` when it is a coroutine function);
+5. prints the work-done marker on stdout;
+6. applies the cleanup mode (``explicit``, ``hard-exit``, ``sleep``) and the random exit delay;
+7. returns, so that the interpreter finalizes exactly as it would for a user's program.
+
+Exceptions from the scenario are never caught: the interpreter reports them as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import faulthandler
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import random
+import signal
+import sys
+import time
+
+# Kept equal to harness.MARKER (a test checks it); not imported, see the module docstring.
+MARKER = "@@shutdown-harness: work done@@"
+MODES = ("none", "explicit", "atexit", "hard-exit", "sleep")
+
+
+def _load(path: str) -> object:
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path[0:1] = [folder]  # replaces this wrapper's own folder
+    spec = importlib.util.spec_from_file_location("__scenario__", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"shutdown-harness child: cannot load scenario {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["__scenario__"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cleanup_function(target: str | None) -> object:
+    if not target:
+        raise SystemExit("shutdown-harness child: this mode needs --cleanup module:function")
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _probe(module: object) -> int:
+    applicable = getattr(module, "applicable", None)
+    reason = applicable() if callable(applicable) else None
+    print(json.dumps({"applicable": reason is None, "reason": reason}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shutdown-harness-child")
+    parser.add_argument("scenario")
+    parser.add_argument("--mode", choices=MODES, default="none")
+    parser.add_argument("--cleanup", help="module:function that shuts the client's runtime down")
+    parser.add_argument("--sleep", type=float, default=0.5, help="seconds, for --mode sleep")
+    parser.add_argument("--exit-delay", type=float, default=0.0, help="random delay, 0..MAX s")
+    parser.add_argument("--no-faulthandler", action="store_true")
+    parser.add_argument("--probe", action="store_true", help="print applicability as JSON")
+    args = parser.parse_args(argv)
+
+    if not args.no_faulthandler:
+        faulthandler.enable(all_threads=True)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    module = _load(args.scenario)
+    if args.probe:
+        return _probe(module)
+
+    cleanup = None
+    if args.mode in ("explicit", "atexit"):
+        cleanup = _cleanup_function(args.cleanup)
+    if args.mode == "atexit":
+        import atexit
+
+        atexit.register(cleanup)  # type: ignore[arg-type]
+
+    body = getattr(module, "main")
+    if inspect.iscoroutinefunction(body):
+        asyncio.run(body())
+    else:
+        body()
+    sys.stdout.write(MARKER + "\n")
+    sys.stdout.flush()
+
+    if args.mode == "explicit":
+        cleanup()  # type: ignore[operator]
+    elif args.mode == "sleep":
+        time.sleep(args.sleep)
+    if args.exit_delay > 0:
+        rng = random.Random(os.environ.get("SHUTDOWN_HARNESS_RUN_ID"))
+        time.sleep(rng.uniform(0, args.exit_delay))
+    if args.mode == "hard-exit":
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    # Plain exit code, no sys.exit() traceback machinery; the interpreter then finalizes.
+    code = main()
+    if code:
+        raise SystemExit(code)

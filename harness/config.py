@@ -1,0 +1,47 @@
+"""Configuration: built-in defaults overlaid with `[tool.shutdown-harness]` of a pyproject.toml.
+
+The built-in defaults live in `harness/data/defaults.toml` (same shape as the pyproject table).
+The user's table is found in `./pyproject.toml` (or the file given with `--config`); its keys
+replace the defaults', except the `strategies` and `gates` tables which are merged by name.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
+
+__all__ = ["load", "DEFAULTS_PATH"]
+
+DEFAULTS_PATH = Path(__file__).parent / "data" / "defaults.toml"
+_MERGED_TABLES = ("strategies", "gates")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path} is not valid TOML: {e}") from None
+
+
+def load(path: Path | None = None) -> dict[str, Any]:
+    """The effective configuration: defaults, then the user's pyproject table."""
+    config: dict[str, Any] = _read_toml(DEFAULTS_PATH) if DEFAULTS_PATH.exists() else {}
+    if path is None:
+        candidate = Path.cwd() / "pyproject.toml"
+        path = candidate if candidate.exists() else None
+    elif not path.exists():
+        raise UsageError(f"config file not found: {path}")
+    if path is not None:
+        user = _read_toml(path).get("tool", {}).get("shutdown-harness", {})
+        for key, value in user.items():
+            if key in _MERGED_TABLES and isinstance(value, dict):
+                config[key] = {**config.get(key, {}), **value}
+            else:
+                config[key] = value
+    return config

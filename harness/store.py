@@ -1,0 +1,192 @@
+"""The campaign folder: ``campaign.json``, ``results.jsonl`` and ``artifacts/``.
+
+Every finished run becomes one JSON line, written and flushed the moment it is known, so a
+campaign killed at any point (even by SIGKILL) keeps every run it finished. ``--resume`` reads
+the run ids back, drops a torn last line, and the plan skips what is already there.
+
+Artifacts (full stdout, stderr, backtrace, core) are kept for the first few runs of each
+(scenario, strategy, signature); the other runs keep only the ``stderr_tail`` in their record,
+so disk use is bounded whatever the number of runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
+
+__all__ = [
+    "CAMPAIGN",
+    "RESULTS",
+    "ARTIFACTS",
+    "ResultStore",
+    "read_campaign",
+    "iter_records",
+    "artifact_dir_name",
+]
+
+CAMPAIGN = "campaign.json"
+RESULTS = "results.jsonl"
+ARTIFACTS = "artifacts"
+
+
+def artifact_dir_name(run_id: str) -> str:
+    return run_id.replace("/", "_").replace(os.sep, "_")
+
+
+def read_campaign(folder: Path) -> dict[str, Any]:
+    path = folder / CAMPAIGN
+    try:
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    except FileNotFoundError:
+        raise UsageError(f"{folder} holds no campaign ({CAMPAIGN} is missing)") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+
+
+def iter_records(folder: Path) -> Iterator[dict[str, Any]]:
+    """Stream the records of ``folder/results.jsonl``, skipping a torn last line."""
+    path = folder / RESULTS
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # torn by a crash mid-write; the run will be redone on resume
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+
+def _drop_torn_tail(path: Path) -> None:
+    with path.open("rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return
+        # Find the last newline and cut there.
+        block = 1 << 16
+        pos = size
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                f.truncate(start + nl + 1)
+                return
+            pos = start
+        f.truncate(0)
+
+
+class ResultStore:
+    """Appends records to ``results.jsonl`` (thread-safe) and keeps exemplar artifacts."""
+
+    def __init__(self, folder: Path, keep_per_signature: int = 3) -> None:
+        self.folder = folder
+        self.keep_per_signature = keep_per_signature
+        self._lock = threading.Lock()
+        self._file: Any = None
+        self._kept: Counter[tuple[str, str, str]] = Counter()
+        self.done: set[str] = set()
+
+    # -- opening -------------------------------------------------------------------------
+    def check_new(self) -> None:
+        """The folder can hold a new campaign: writable, and no campaign in it yet."""
+        self._make_folder()
+        if (self.folder / CAMPAIGN).exists() or (self.folder / RESULTS).exists():
+            raise UsageError(
+                f"{self.folder} already holds a campaign: add --resume, or choose another --out"
+            )
+
+    def create(self, campaign: dict[str, Any]) -> None:
+        """Start a new campaign in ``folder`` (which must not hold one already)."""
+        self.check_new()
+        tmp = self.folder / (CAMPAIGN + ".tmp")
+        tmp.write_text(json.dumps(campaign, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.folder / CAMPAIGN)
+        self._open()
+
+    def resume(self) -> dict[str, Any]:
+        """Reopen an existing campaign; returns its campaign.json and fills :attr:`done`."""
+        campaign = read_campaign(self.folder)
+        results = self.folder / RESULTS
+        if results.exists():
+            _drop_torn_tail(results)
+            for record in iter_records(self.folder):
+                self.done.add(record["run_id"])
+                if record.get("artifacts"):
+                    self._kept[self._artifact_key(record)] += 1
+        self._open()
+        return campaign
+
+    def _make_folder(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create --out {self.folder}: {e.strerror}") from None
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            raise UsageError(f"--out {self.folder} is not writable")
+
+    def _open(self) -> None:
+        try:
+            self._file = (self.folder / RESULTS).open("a", encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"cannot write {self.folder / RESULTS}: {e.strerror}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    # -- writing -------------------------------------------------------------------------
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+            self.done.add(record["run_id"])
+
+    @staticmethod
+    def _artifact_key(record: dict[str, Any]) -> tuple[str, str, str]:
+        return (record["scenario"], record["strategy"], record.get("signature") or "")
+
+    def wants_artifacts(self, record: dict[str, Any]) -> bool:
+        """True for the first few runs of each (scenario, strategy, signature)."""
+        with self._lock:
+            return self._kept[self._artifact_key(record)] < self.keep_per_signature
+
+    def keep_artifacts(self, record: dict[str, Any], files: dict[str, Path | str]) -> str:
+        """Copy (or, for cores, move) ``files`` into the run's artifact folder.
+
+        ``files`` maps an artifact file name to a path, or to text to write. Returns the folder
+        relative to the campaign folder, for the record's ``artifacts`` key.
+        """
+        rel = f"{ARTIFACTS}/{artifact_dir_name(record['run_id'])}"
+        target = self.folder / rel
+        target.mkdir(parents=True, exist_ok=True)
+        for name, source in files.items():
+            if isinstance(source, Path):
+                if not source.exists():
+                    continue
+                if name == "core":
+                    shutil.move(source, target / name)
+                else:
+                    shutil.copyfile(source, target / name)
+            else:
+                (target / name).write_text(source, encoding="utf-8", errors="replace")
+        with self._lock:
+            self._kept[self._artifact_key(record)] += 1
+        return rel

@@ -1,0 +1,150 @@
+"""The engine with real children that exit, abort, segfault and hang."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.engine import Engine, Exit, Job, raise_core_limit
+
+BEHAVE = Path(__file__).parent / "children" / "behave.py"
+
+
+def _job(run_id: str, *args: str, timeout: float = 20.0, **kw: object) -> Job:
+    return Job(run_id, (sys.executable, str(BEHAVE), *args), timeout=timeout, **kw)  # type: ignore[arg-type]
+
+
+def _run(tmp_path: Path, jobs: list[Job], parallel: int = 2, **kw: object) -> dict[str, dict]:
+    seen: dict[str, dict] = {}
+
+    def on_exit(ex: Exit) -> None:
+        seen[ex.job.run_id] = {
+            "returncode": ex.returncode,
+            "timed_out": ex.timed_out,
+            "stdout": ex.stdout_path.read_text(),
+            "stderr": ex.stderr_path.read_text(),
+            "core": ex.core_path is not None,
+            "duration": ex.duration_s,
+            "cpu": ex.cpu_s,
+            "workdir": ex.workdir,
+        }
+
+    engine = Engine(tmp_path / "work", jobs=parallel, **kw)  # type: ignore[arg-type]
+    assert engine.run(jobs, on_exit)
+    engine.close()
+    return seen
+
+
+def test_exit_codes_and_signals(tmp_path: Path) -> None:
+    seen = _run(
+        tmp_path,
+        [
+            _job("ok", "ok"),
+            _job("exit3", "exit", "3"),
+            _job("raise", "raise"),
+            _job("abort", "abort"),
+            _job("segv", "segv"),
+        ],
+    )
+    assert seen["ok"]["returncode"] == 0
+    assert "@@shutdown-harness: work done@@" in seen["ok"]["stdout"]
+    assert seen["exit3"]["returncode"] == 3
+    assert seen["raise"]["returncode"] == 1
+    assert "ValueError: boom from the child" in seen["raise"]["stderr"]
+    assert seen["abort"]["returncode"] == -signal.SIGABRT
+    assert seen["segv"]["returncode"] == -signal.SIGSEGV
+    assert all(not r["timed_out"] for r in seen.values())
+    assert seen["ok"]["cpu"] > 0
+
+
+def test_parallelism_is_bounded_and_used(tmp_path: Path) -> None:
+    # Four children that each sleep 0.5 s, two at a time: about 1 s, not 2 s nor 0.5 s.
+    code = "import time; time.sleep(0.5)"
+    jobs = [Job(f"s{i}", (sys.executable, "-c", code), timeout=10) for i in range(4)]
+    started = time.monotonic()
+    seen = _run(tmp_path, jobs, parallel=2)
+    elapsed = time.monotonic() - started
+    assert len(seen) == 4
+    assert 0.95 <= elapsed < 1.9
+    assert {r["workdir"] for r in seen.values()} == {tmp_path / "work" / "slot-0", tmp_path / "work" / "slot-1"}
+
+
+def test_core_dump_lands_in_the_child_workdir(tmp_path: Path) -> None:
+    if raise_core_limit() is None:
+        pytest.skip("the hard RLIMIT_CORE is 0 here")
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    if pattern.startswith("|") or "/" in pattern:
+        pytest.skip(f"core_pattern is {pattern!r}: cores do not land in the cwd")
+    seen = _run(tmp_path, [_job("abort", "abort")], parallel=1)
+    assert seen["abort"]["core"]
+
+
+def test_hang_gets_stacks_then_dies_and_no_process_survives(tmp_path: Path) -> None:
+    seen = _run(
+        tmp_path,
+        [
+            Job(
+                "hang",
+                (sys.executable, "-X", "faulthandler", "-c",
+                 "import faulthandler, signal, subprocess, sys, time\n"
+                 "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+                 "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)  # orphan-probe'])\n"
+                 "def stuck_here():\n    time.sleep(3600)\n"
+                 "stuck_here()\n"),
+                timeout=1.0,
+            )
+        ],
+        parallel=1,
+        grace=1.0,
+    )
+    hang = seen["hang"]
+    assert hang["timed_out"]
+    assert hang["returncode"] == -signal.SIGKILL
+    assert "stuck_here" in hang["stderr"]  # faulthandler answered the dump signal
+    assert 1.9 <= hang["duration"] < 10
+    time.sleep(0.2)
+    ps = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
+    assert "orphan-probe" not in ps
+
+
+def test_hang_before_and_after_marker(tmp_path: Path) -> None:
+    seen = _run(
+        tmp_path,
+        [_job("before", "hang-before", timeout=1.0), _job("after", "hang-after", timeout=1.0)],
+        grace=0.5,
+    )
+    assert seen["before"]["timed_out"] and seen["after"]["timed_out"]
+    assert "work done" not in seen["before"]["stdout"]
+    assert "work done" in seen["after"]["stdout"]
+
+
+def test_missing_program_is_reported_not_raised(tmp_path: Path) -> None:
+    seen: list[Exit] = []
+    engine = Engine(tmp_path / "work", jobs=1)
+    engine.run([Job("x", ("/nonexistent/program",), timeout=5)], seen.append)
+    assert seen[0].returncode is None
+    assert seen[0].error and "cannot start" in seen[0].error
+
+
+def test_stop_kills_running_children_and_reports_only_finished(tmp_path: Path) -> None:
+    seen: list[Exit] = []
+    engine = Engine(tmp_path / "work", jobs=2)
+    jobs = [_job("quick", "ok")] + [_job(f"hang{i}", "spawn-and-hang") for i in range(3)]
+    timer = threading.Timer(1.5, engine.stop)
+    timer.start()
+    started = time.monotonic()
+    completed = engine.run(jobs, seen.append)
+    assert not completed
+    assert time.monotonic() - started < 10
+    assert [e.job.run_id for e in seen] == ["quick"]
+    time.sleep(0.2)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "# grandchild" not in ps
+    assert os.listdir(tmp_path / "work" / "slot-0") == []

@@ -1,0 +1,76 @@
+"""The result store: flushed lines, torn tails, resume and bounded artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.errors import UsageError
+from harness.store import RESULTS, ResultStore, iter_records
+
+
+def _record(i: int, signature: str = "clean") -> dict:
+    return {"run_id": f"s/t/{i}", "scenario": "s", "strategy": "t", "index": i,
+            "signature": signature, "category": "clean"}
+
+
+def test_each_record_is_on_disk_once_appended(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    store.create({"plan": {}})
+    store.append(_record(0))
+    # Read by another handle before close: the line is already flushed.
+    assert [r["run_id"] for r in iter_records(tmp_path)] == ["s/t/0"]
+    store.close()
+
+
+def test_new_campaign_refuses_an_existing_one(tmp_path: Path) -> None:
+    ResultStore(tmp_path).create({"plan": {}})
+    with pytest.raises(UsageError, match="--resume"):
+        ResultStore(tmp_path).check_new()
+
+
+def test_resume_drops_torn_tail_and_knows_done(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    store.create({"plan": {"runs": 3}})
+    store.append(_record(0))
+    store.append(_record(1))
+    store.close()
+    with (tmp_path / RESULTS).open("a") as f:
+        f.write('{"run_id": "s/t/2", "scen')  # killed mid-write
+    again = ResultStore(tmp_path)
+    campaign = again.resume()
+    assert campaign["plan"] == {"runs": 3}
+    assert again.done == {"s/t/0", "s/t/1"}
+    again.append(_record(2))
+    again.close()
+    lines = (tmp_path / RESULTS).read_text().splitlines()
+    assert [json.loads(line)["run_id"] for line in lines] == ["s/t/0", "s/t/1", "s/t/2"]
+
+
+def test_artifacts_only_for_first_few_per_signature(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path, keep_per_signature=2)
+    store.create({"plan": {}})
+    kept = []
+    for i in range(5):
+        record = _record(i, signature="gilstate-release-not-current")
+        if store.wants_artifacts(record):
+            record["artifacts"] = store.keep_artifacts(record, {"stderr.txt": f"run {i}"})
+            kept.append(record["artifacts"])
+        store.append(record)
+    assert kept == ["artifacts/s_t_0", "artifacts/s_t_1"]
+    assert (tmp_path / "artifacts/s_t_1/stderr.txt").read_text() == "run 1"
+    store.close()
+    # The count survives a resume: still no third exemplar.
+    again = ResultStore(tmp_path, keep_per_signature=2)
+    again.resume()
+    assert not again.wants_artifacts(_record(9, signature="gilstate-release-not-current"))
+    assert again.wants_artifacts(_record(9, signature="other"))
+
+
+def test_unwritable_out_is_a_usage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UsageError, match="cannot create --out"):
+        ResultStore(blocker / "sub").check_new()
