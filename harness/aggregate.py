@@ -1,0 +1,465 @@
+"""Aggregation: a campaign folder's results.jsonl -> cells, signatures and comparisons.
+
+A *cell* is one (scenario, strategy, load) combination. Its rate counts failures (`crash`,
+`error`, `hang`) over runs, where runs exclude `infra` runs (a dead etcd is not a crash); infra
+runs are counted on the side. Runs made under different load (jobs per CPU, CPU pinning, exit
+delay) are never pooled: a (scenario, strategy) whose records differ in load becomes one cell per
+load, a note says so, and comparisons only pair cells of the same scenario and load.
+
+results.jsonl is read as a stream (it can hold 100k lines): only counters and one exemplar per
+(cell, signature) stay in memory. A torn last line (the harness was killed mid-write) is dropped;
+a malformed line elsewhere is an error. Records repeated with the same run_id (a resumed or
+re-merged campaign) count once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import stats
+from harness.errors import UsageError
+
+__all__ = [
+    "FAILURE_CATEGORIES",
+    "CATEGORIES",
+    "RESULTS",
+    "CAMPAIGN",
+    "Aggregate",
+    "Cell",
+    "CellComparison",
+    "SignatureStat",
+    "iter_records",
+    "read_campaign",
+    "load_label",
+    "aggregate",
+    "load_campaign",
+]
+
+RESULTS = "results.jsonl"
+CAMPAIGN = "campaign.json"
+FAILURE_CATEGORIES = ("crash", "error", "hang")
+CATEGORIES = ("clean", *FAILURE_CATEGORIES, "infra")
+_EXEMPLAR_KEYS = ("run_id", "category", "outcome", "signal", "returncode", "phase", "stderr_tail",
+                  "artifacts", "frames", "backtrace", "exception", "notes", "client_version",
+                  "python")
+
+
+def iter_records(path: Path, notes: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Records of a results.jsonl, one at a time; a torn last line is dropped (and noted)."""
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        pending: tuple[int, bytes] | None = None
+        for lineno, line in enumerate(f, 1):
+            if pending is not None:
+                yield _parse(path, *pending, last=False)
+            pending = (lineno, line) if line.strip() else None
+        if pending is not None:
+            try:
+                yield _parse(path, *pending, last=True)
+            except _TornLine:
+                if notes is not None:
+                    notes.append(f"{path.name}: dropped a torn last line (line {pending[0]})")
+
+
+class _TornLine(Exception):
+    pass
+
+
+def _parse(path: Path, lineno: int, line: bytes, *, last: bool) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        if last:
+            raise _TornLine from None
+        raise UsageError(f"{path}:{lineno}: not a JSON record") from None
+    if not isinstance(record, dict) or not all(
+        isinstance(record.get(k), str) for k in ("scenario", "strategy", "category")
+    ):
+        if last and not line.endswith(b"\n"):
+            raise _TornLine
+        raise UsageError(f"{path}:{lineno}: a record needs scenario, strategy and category")
+    return record
+
+
+def read_campaign(directory: Path) -> dict[str, Any]:
+    """DIR/campaign.json, or {} when the folder has none."""
+    path = directory / CAMPAIGN
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} is not a JSON object")
+    return data
+
+
+def _load_key(load: Any) -> tuple[Any, ...] | None:
+    """What makes two loads different enough not to pool: jobs per CPU, pinning, exit delay."""
+    if not isinstance(load, dict) or not load:
+        return None
+    jpc = load.get("jobs_per_cpu")
+    if jpc is None and load.get("jobs") and load.get("cpus"):
+        jpc = load["jobs"] / load["cpus"]
+    jpc = round(float(jpc), 3) if isinstance(jpc, int | float) else None
+    pin = load.get("pin") or None
+    pin = json.dumps(pin) if isinstance(pin, list | dict) else pin
+    delay = load.get("exit_delay") or None
+    return (jpc, pin, delay)
+
+
+def load_label(load: Any) -> str:
+    """A short human label for a record's load: '2 jobs/CPU, pinned, exit delay ≤ 0.05 s'."""
+    key = _load_key(load)
+    if key is None:
+        return "load not recorded"
+    jpc, pin, delay = key
+    parts = [f"{jpc:g} jobs/CPU" if jpc is not None else "jobs/CPU not recorded"]
+    if pin:
+        parts.append("pinned" if pin is True else f"pinned to {pin}")
+    if delay:
+        parts.append(f"exit delay ≤ {delay} s")
+    return ", ".join(parts)
+
+
+@dataclass
+class SignatureStat:
+    """One failure signature within a cell (or, merged, within the whole campaign)."""
+
+    signature: str
+    count: int = 0
+    categories: Counter[str] = field(default_factory=Counter)
+    phases: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    exemplar: dict[str, Any] | None = None
+
+    @property
+    def category(self) -> str:
+        return self.categories.most_common(1)[0][0] if self.categories else "unknown"
+
+    @property
+    def phase(self) -> str:
+        return self.phases.most_common(1)[0][0] if self.phases else "unknown"
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.count += 1
+        self.categories[record["category"]] += 1
+        self.phases[str(record.get("phase") or "unknown")] += 1
+        self.outcomes[str(record.get("outcome") or "unknown")] += 1
+        # Prefer an exemplar with saved artifacts (full stderr, native backtrace).
+        if self.exemplar is None or (record.get("artifacts") and not self.exemplar["artifacts"]):
+            self.exemplar = {k: record.get(k) for k in _EXEMPLAR_KEYS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"signature": self.signature, "count": self.count, "category": self.category,
+                "phase": self.phase, "categories": dict(self.categories),
+                "phases": dict(self.phases), "outcomes": dict(self.outcomes),
+                "exemplar": self.exemplar}
+
+
+@dataclass
+class Cell:
+    """One (scenario, strategy, load): counts, rate and interval, failure signatures."""
+
+    scenario: str
+    strategy: str
+    load_label: str
+    load: dict[str, Any] | None = None
+    categories: Counter[str] = field(default_factory=Counter)
+    signatures: dict[str, SignatureStat] = field(default_factory=dict)
+    infra_signatures: Counter[str] = field(default_factory=Counter)
+    client_versions: Counter[str] = field(default_factory=Counter)
+    pythons: Counter[str] = field(default_factory=Counter)
+    duration_s: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.scenario, self.strategy, self.load_label)
+
+    @property
+    def runs(self) -> int:
+        """Runs that count: every run but infra ones."""
+        return sum(v for k, v in self.categories.items() if k != "infra")
+
+    @property
+    def failures(self) -> int:
+        return sum(self.categories[c] for c in FAILURE_CATEGORIES)
+
+    @property
+    def infra(self) -> int:
+        return self.categories["infra"]
+
+    @property
+    def rate(self) -> float:
+        return self.failures / self.runs if self.runs else math.nan
+
+    def interval(self, confidence: float = stats.CONFIDENCE) -> tuple[float, float]:
+        return stats.wilson_interval(self.failures, self.runs, confidence)
+
+    def rate_text(self) -> str:
+        return stats.format_rate(self.failures, self.runs)
+
+    def top_signatures(self, n: int | None = None) -> list[SignatureStat]:
+        ranked = sorted(self.signatures.values(), key=lambda s: (-s.count, s.signature))
+        return ranked if n is None else ranked[:n]
+
+    def signature_rate(self, signature: str) -> tuple[int, int, tuple[float, float]]:
+        """(count, runs, Wilson interval) of one signature in this cell."""
+        k = self.signatures[signature].count if signature in self.signatures else 0
+        return k, self.runs, stats.wilson_interval(k, self.runs)
+
+    def add(self, record: dict[str, Any]) -> None:
+        category = record["category"]
+        self.categories[category] += 1
+        self.duration_s += float(record.get("duration_s") or 0.0)
+        if record.get("client_version"):
+            self.client_versions[str(record["client_version"])] += 1
+        if record.get("python"):
+            self.pythons[str(record["python"])] += 1
+        signature = str(record.get("signature") or "unknown")
+        if category == "infra":
+            self.infra_signatures[signature] += 1
+        elif category in FAILURE_CATEGORIES:
+            self.signatures.setdefault(signature, SignatureStat(signature)).add(record)
+
+    def to_dict(self) -> dict[str, Any]:
+        lo, hi = self.interval()
+        return {
+            "scenario": self.scenario, "strategy": self.strategy, "load": self.load,
+            "load_label": self.load_label, "runs": self.runs, "failures": self.failures,
+            "infra": self.infra, "rate": stats._json_float(self.rate),
+            "interval": [lo, hi], "confidence": stats.CONFIDENCE, "rate_text": self.rate_text(),
+            "categories": {c: self.categories[c] for c in CATEGORIES if self.categories[c]}
+            | {c: n for c, n in self.categories.items() if c not in CATEGORIES},
+            "signatures": [
+                s.to_dict() | {"interval": list(stats.wilson_interval(s.count, self.runs))}
+                for s in self.top_signatures()
+            ],
+            "infra_signatures": dict(self.infra_signatures),
+            "client_versions": dict(self.client_versions), "pythons": dict(self.pythons),
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+@dataclass(frozen=True)
+class CellComparison:
+    """A comparison of two strategies in the same scenario and load."""
+
+    scenario: str
+    load_label: str
+    comparison: stats.Comparison
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "load_label": self.load_label,
+                **self.comparison.to_dict()}
+
+
+@dataclass
+class Aggregate:
+    """Everything the reports need, computed in one pass over results.jsonl."""
+
+    campaign: dict[str, Any]
+    cells: list[Cell]
+    comparisons: list[CellComparison]
+    notes: list[str]
+    records: int
+    duplicates: int = 0
+    directory: Path | None = None
+
+    @property
+    def scenarios(self) -> list[str]:
+        return list(dict.fromkeys(c.scenario for c in self.cells))
+
+    @property
+    def strategies(self) -> list[str]:
+        return list(dict.fromkeys(c.strategy for c in self.cells))
+
+    @property
+    def load_labels(self) -> list[str]:
+        return list(dict.fromkeys(c.load_label for c in self.cells))
+
+    @property
+    def mixed_load(self) -> bool:
+        return len(self.load_labels) > 1
+
+    @property
+    def runs(self) -> int:
+        return sum(c.runs for c in self.cells)
+
+    @property
+    def failures(self) -> int:
+        return sum(c.failures for c in self.cells)
+
+    @property
+    def infra(self) -> int:
+        return sum(c.infra for c in self.cells)
+
+    def cell(self, scenario: str, strategy: str, load_label: str | None = None) -> Cell:
+        for c in self.cells:
+            if c.scenario == scenario and c.strategy == strategy and (
+                load_label is None or c.load_label == load_label
+            ):
+                return c
+        raise KeyError((scenario, strategy, load_label))
+
+    def signatures(self) -> list[tuple[SignatureStat, list[Cell]]]:
+        """Failure signatures over the whole campaign, most frequent first, with their cells."""
+        merged: dict[str, tuple[SignatureStat, list[Cell]]] = {}
+        for cell in self.cells:
+            for sig in cell.signatures.values():
+                total, cells = merged.setdefault(sig.signature,
+                                                 (SignatureStat(sig.signature), []))
+                total.count += sig.count
+                total.categories.update(sig.categories)
+                total.phases.update(sig.phases)
+                total.outcomes.update(sig.outcomes)
+                if total.exemplar is None or (
+                    sig.exemplar and sig.exemplar.get("artifacts")
+                    and not total.exemplar.get("artifacts")
+                ):
+                    total.exemplar = sig.exemplar
+                cells.append(cell)
+        return sorted(merged.values(), key=lambda item: (-item[0].count, item[0].signature))
+
+    def inputs(self) -> dict[str, Any]:
+        """What produced these numbers: versions, Python, platform, load, runs."""
+        plan = self.campaign.get("plan") or {}
+        return {
+            "harness_version": self.campaign.get("harness_version"),
+            "created_at": self.campaign.get("created_at"),
+            "argv": self.campaign.get("argv"),
+            "plan": plan,
+            "strategies": self.campaign.get("strategies") or {},
+            "client_versions": {c.strategy: sorted(c.client_versions) for c in self.cells},
+            "pythons": sorted({p for c in self.cells for p in c.pythons}),
+            "environment": self.campaign.get("environment") or {},
+            "services": self.campaign.get("services") or {},
+            "load": self.campaign.get("load") or {},
+            "load_labels": self.load_labels,
+            "records": self.records,
+            "runs": self.runs,
+            "failures": self.failures,
+            "infra": self.infra,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "inputs": self.inputs(),
+            "cells": [c.to_dict() for c in self.cells],
+            "signatures": [
+                s.to_dict() | {"cells": [list(c.key) for c in cells]}
+                for s, cells in self.signatures()
+            ],
+            "comparisons": [c.to_dict() for c in self.comparisons],
+            "notes": self.notes,
+            "duplicates": self.duplicates,
+        }
+
+
+def aggregate(records: Iterable[dict[str, Any]], campaign: dict[str, Any] | None = None,
+              notes: list[str] | None = None, directory: Path | None = None) -> Aggregate:
+    """Fold records into cells (ordered as the campaign's plan) and compare strategies."""
+    campaign = campaign or {}
+    notes = notes if notes is not None else []
+    cells: dict[tuple[str, str, tuple[Any, ...] | None], Cell] = {}
+    seen: set[str] = set()
+    count = duplicates = 0
+    for record in records:
+        run_id = record.get("run_id")
+        if isinstance(run_id, str):
+            if run_id in seen:
+                duplicates += 1
+                continue
+            seen.add(run_id)
+        count += 1
+        load = record.get("load")
+        key = (record["scenario"], record["strategy"], _load_key(load))
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = Cell(record["scenario"], record["strategy"], load_label(load),
+                                     load if isinstance(load, dict) else None)
+        cell.add(record)
+    if duplicates:
+        notes.append(f"{duplicates} records repeated an earlier run_id and were counted once")
+    ordered = _order(list(cells.values()), campaign.get("plan") or {})
+    _note_split_loads(ordered, notes)
+    infra = sum(c.infra for c in ordered)
+    if infra:
+        notes.append(f"{infra} infra runs (service or harness failures) are excluded from "
+                     "the rates")
+    return Aggregate(campaign, ordered, _comparisons(ordered), notes, count, duplicates,
+                     directory)
+
+
+def _order(cells: list[Cell], plan: dict[str, Any]) -> list[Cell]:
+    """Plan order (scenarios, then strategies); names not in the plan follow, as first seen."""
+    scenarios = {s: i for i, s in enumerate(plan.get("scenarios") or [])}
+    strategies = {s: i for i, s in enumerate(plan.get("strategies") or [])}
+    for c in cells:
+        scenarios.setdefault(c.scenario, len(scenarios))
+        strategies.setdefault(c.strategy, len(strategies))
+    return sorted(cells, key=lambda c: (scenarios[c.scenario], strategies[c.strategy]))
+
+
+def _note_split_loads(cells: list[Cell], notes: list[str]) -> None:
+    per_pair: dict[tuple[str, str], list[str]] = {}
+    for c in cells:
+        per_pair.setdefault((c.scenario, c.strategy), []).append(c.load_label)
+    for (scenario, strategy), labels in per_pair.items():
+        if len(labels) > 1:
+            notes.append(f"{scenario} / {strategy} ran under {len(labels)} loads "
+                         f"({'; '.join(labels)}): reported separately, never pooled")
+
+
+def _comparisons(cells: list[Cell]) -> list[CellComparison]:
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for c in cells:
+        groups.setdefault((c.scenario, c.load_label), []).append(c)
+    out = []
+    for (scenario, label), group in groups.items():
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                comparison = stats.compare(a.strategy, a.failures, a.runs,
+                                           b.strategy, b.failures, b.runs)
+                out.append(CellComparison(scenario, label, comparison))
+    return out
+
+
+def load_campaign(directory: Path) -> Aggregate:
+    """Aggregate a campaign folder (campaign.json + results.jsonl)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UsageError(f"not a campaign folder: {directory}")
+    results = directory / RESULTS
+    if not results.exists():
+        raise UsageError(f"no {RESULTS} in {directory}")
+    notes: list[str] = []
+    campaign = read_campaign(directory)
+    if not campaign:
+        notes.append(f"no {CAMPAIGN} in {directory}: plan, versions and environment unknown")
+    _note_merge(campaign, notes)
+    return aggregate(iter_records(results, notes), campaign, notes, directory)
+
+
+def _note_merge(campaign: dict[str, Any], notes: list[str]) -> None:
+    """What a reader of merged results must know: missing shards, different machines."""
+    merge = campaign.get("merge") or {}
+    sources = campaign.get("merged_from") or []
+    if merge.get("missing_shards"):
+        missing = ", ".join(f"{i}/{n}" for i, n in merge["missing_shards"])
+        notes.append(f"merged without shard(s) {missing}: the plan is not complete")
+    environments = {json.dumps(s.get("environment"), sort_keys=True) for s in sources}
+    if len(environments) > 1:
+        notes.append(f"merged from {len(sources)} folders run in different environments "
+                     "(campaign.json merged_from); the environment shown is the first one's")

@@ -1,0 +1,277 @@
+"""Statistics: failure-rate intervals, strategy comparisons, adaptive stopping, number formats.
+
+Everything here is a pure function of counts. The heavy lifting is scipy's:
+
+- a rate's interval is the Wilson score interval (`scipy.stats.binomtest(...).proportion_ci`),
+  which behaves at 0 and n failures, where the textbook normal interval collapses. With zero
+  failures only its upper bound means anything, so it is shown as "< 0.13%" (0/3000): the
+  two-sided 95% upper bound, i.e. a conservative one-sided 97.5% bound;
+- two strategies are compared with Fisher's exact test (`scipy.stats.fisher_exact`, two-sided)
+  and the rate ratio with its Katz log interval (`scipy.stats.contingency.relative_risk`). When a
+  count is zero the ratio's interval is undefined, so the Haldane-Anscombe correction (add 0.5 to
+  every cell) is used for the interval only; the point estimate stays 0 (or infinite).
+
+Counts are always (failures, runs): runs exclude `infra` runs, failures are `crash` + `error`
++ `hang` runs (see `harness.aggregate`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from scipy.stats import binomtest, fisher_exact, norm
+from scipy.stats.contingency import relative_risk
+
+from harness.errors import UsageError
+
+__all__ = [
+    "CONFIDENCE",
+    "ALPHA",
+    "Comparison",
+    "wilson_interval",
+    "interval_halfwidth",
+    "cell_done",
+    "parse_halfwidth",
+    "compare",
+    "format_pct",
+    "format_rate",
+    "format_p",
+    "format_ratio",
+    "format_reduction",
+]
+
+CONFIDENCE = 0.95
+ALPHA = 0.05  # significance level of the verdict sentences
+
+
+def wilson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The Wilson score interval of k failures in n runs; (0, 1) when there are no runs."""
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n, got k={k} n={n}")
+    if n == 0:
+        return (0.0, 1.0)
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    lo, hi = float(ci.low), float(ci.high)
+    # The closed form can land a hair outside [0, 1] or off the exact ends at k=0 / k=n.
+    return (0.0 if k == 0 else max(0.0, lo), 1.0 if k == n else min(1.0, hi))
+
+
+def interval_halfwidth(k: int, n: int, confidence: float = CONFIDENCE) -> float:
+    """Half the width of the Wilson interval (0.5 with no runs)."""
+    lo, hi = wilson_interval(k, n, confidence)
+    return (hi - lo) / 2
+
+
+def cell_done(failures: int, runs: int, halfwidth: float,
+              confidence: float = CONFIDENCE) -> bool:
+    """Adaptive stopping (`--until-halfwidth W`): is this cell's interval already narrow enough?
+
+    `runs` counts finished non-infra runs, `failures` the crash/error/hang ones among them. A cell
+    that never fails stops once its upper bound is below 2W (e.g. W=0.01 needs ~190 clean runs);
+    a cell failing half the time needs ~9600 runs, so the scheduler's time goes where the verdict
+    is still open. `--runs` stays the cap: the caller checks it.
+    """
+    if halfwidth <= 0:
+        raise ValueError("the half-width target must be positive")
+    if runs <= 0:
+        return False
+    return interval_halfwidth(failures, runs, confidence) <= halfwidth
+
+
+def parse_halfwidth(text: str) -> float:
+    """`--until-halfwidth` value: a fraction ("0.02") or a percentage ("2%"), in (0, 0.5]."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise UsageError(f"--until-halfwidth: not a number: {text!r}") from None
+    if not 0 < value <= 0.5:
+        raise UsageError(f"--until-halfwidth must be in (0, 0.5] (or (0%, 50%]), got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Strategy `b` against the baseline `a`, both (failures, runs) in the same scenario and load.
+
+    `ratio` is rate_b / rate_a with its interval (`ratio_lo`, `ratio_hi`); the relative reduction
+    is 1 - ratio. `p_value` is Fisher's exact two-sided test. NaN where a quantity is undefined
+    (e.g. the ratio when neither fails).
+    """
+
+    a: str
+    b: str
+    k_a: int
+    n_a: int
+    k_b: int
+    n_b: int
+    p_value: float
+    ratio: float
+    ratio_lo: float
+    ratio_hi: float
+    confidence: float = CONFIDENCE
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < 1 - self.confidence
+
+    @property
+    def rate_a(self) -> float:
+        return self.k_a / self.n_a if self.n_a else math.nan
+
+    @property
+    def rate_b(self) -> float:
+        return self.k_b / self.n_b if self.n_b else math.nan
+
+    @property
+    def direction(self) -> str:
+        """'lower', 'higher' (b against a, significant at the confidence level), or 'same'."""
+        if not self.significant:
+            return "same"
+        return "lower" if self.rate_b < self.rate_a else "higher"
+
+    def sentence(self) -> str:
+        """The verdict in one plain sentence, with counts, intervals and the p-value."""
+        b_stats = f"{self.k_b}/{self.n_b} ({format_rate(self.k_b, self.n_b)})"
+        a_stats = f"{self.k_a}/{self.n_a} ({format_rate(self.k_a, self.n_a)})"
+        p = format_p(self.p_value)
+        if self.n_a == 0 or self.n_b == 0:
+            return f"{self.b} vs {self.a}: not enough runs to compare ({b_stats} vs {a_stats})."
+        if self.k_a == 0 and self.k_b == 0:
+            return (f"Neither {self.b} ({self.k_b}/{self.n_b}, {format_rate(0, self.n_b)}) nor "
+                    f"{self.a} ({self.k_a}/{self.n_a}, {format_rate(0, self.n_a)}) failed: "
+                    "these runs cannot tell them apart.")
+        counts = f"{b_stats} vs {a_stats} on {self.a}"
+        if self.direction == "lower":
+            if self.k_b == 0:
+                verb = "removes the failures"
+            else:
+                verb = f"reduces the failure rate by {format_reduction(self)}"
+            return f"{self.b} {verb}: {counts}, Fisher {p}."
+        if self.direction == "higher":
+            if self.k_a == 0:
+                verb = "introduces failures"
+            else:
+                verb = f"raises the failure rate {format_ratio(self)}"
+            return f"{self.b} {verb}: {counts}, Fisher {p}."
+        return (f"No significant difference between {self.b} ({self.k_b}/{self.n_b}, "
+                f"{format_rate(self.k_b, self.n_b)}) and {self.a} ({self.k_a}/{self.n_a}, "
+                f"{format_rate(self.k_a, self.n_a)}): Fisher {p}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("p_value", "ratio", "ratio_lo", "ratio_hi"):
+            data[key] = _json_float(data[key])
+        data.update(significant=self.significant, direction=self.direction,
+                    reduction=_json_float(1 - self.ratio), sentence=self.sentence())
+        return data
+
+
+def compare(a: str, k_a: int, n_a: int, b: str, k_b: int, n_b: int,
+            confidence: float = CONFIDENCE) -> Comparison:
+    """Compare strategy `b` (k_b failures in n_b runs) against the baseline `a`."""
+    if n_a == 0 or n_b == 0:
+        return Comparison(a, b, k_a, n_a, k_b, n_b, math.nan, math.nan, math.nan, math.nan,
+                          confidence)
+    _, p = fisher_exact([[k_b, n_b - k_b], [k_a, n_a - k_a]], alternative="two-sided")
+    ratio, lo, hi = _rate_ratio(k_b, n_b, k_a, n_a, confidence)
+    return Comparison(a, b, k_a, n_a, k_b, n_b, float(p), ratio, lo, hi, confidence)
+
+
+def _rate_ratio(k_b: int, n_b: int, k_a: int, n_a: int,
+                confidence: float) -> tuple[float, float, float]:
+    """rate_b / rate_a and its Katz log interval (Haldane-Anscombe corrected at zero counts)."""
+    if k_a == 0 and k_b == 0:
+        return (math.nan, math.nan, math.nan)
+    if k_a > 0 and k_b > 0:
+        rr = relative_risk(k_b, n_b, k_a, n_a)
+        ci = rr.confidence_interval(confidence_level=confidence)
+        return (float(rr.relative_risk), float(ci.low), float(ci.high))
+    # One side is zero: scipy's interval is undefined there. Corrected counts for the interval.
+    a, b, c, d = k_b + 0.5, n_b + 1.0, k_a + 0.5, n_a + 1.0
+    log_rr = math.log((a / b) / (c / d))
+    se = math.sqrt(1 / a - 1 / b + 1 / c - 1 / d)
+    z = float(norm.ppf(0.5 + confidence / 2))
+    lo, hi = math.exp(log_rr - z * se), math.exp(log_rr + z * se)
+    if k_b == 0:
+        return (0.0, 0.0, hi)
+    return (math.inf, lo, math.inf)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+def format_pct(x: float, direction: str = "nearest") -> str:
+    """A fraction as a percentage: one decimal from 1% up ('20.6%'), two significant digits
+    below ('0.13%').
+
+    `direction` is 'up' for upper bounds and 'down' for lower bounds, so rounding never makes a
+    bound claim more than the data does; 'nearest' for point estimates.
+    """
+    if not math.isfinite(x):
+        return "n/a"
+    pct = x * 100
+    if pct <= 0:
+        return "0%"
+    if pct >= 100:
+        return "100%"
+    decimals = 1 if pct >= 1 else 1 - math.floor(math.log10(pct))
+    scale = 10.0**decimals
+    if direction == "up":
+        value = math.ceil(pct * scale - 1e-9) / scale
+    elif direction == "down":
+        value = math.floor(pct * scale + 1e-9) / scale
+    else:
+        value = round(pct, decimals)
+    if value >= 100:
+        return "100%"
+    if value >= 1:
+        decimals = 1
+    return f"{value:.{decimals}f}%"
+
+
+def format_rate(k: int, n: int, confidence: float = CONFIDENCE) -> str:
+    """'20.6% [18.9–22.4%]', '< 0.13%' for zero failures, 'no runs' without runs."""
+    if n == 0:
+        return "no runs"
+    lo, hi = wilson_interval(k, n, confidence)
+    if k == 0:
+        return f"< {format_pct(hi, 'up')}"
+    lo_s, hi_s = format_pct(lo, "down"), format_pct(hi, "up")
+    return f"{format_pct(k / n)} [{lo_s.rstrip('%')}–{hi_s}]"
+
+
+def format_p(p: float) -> str:
+    """'p = 0.041', 'p = 3.2e-30', 'p < 1e-100' (beyond that the digits are noise)."""
+    if not math.isfinite(p):
+        return "p = n/a"
+    if p < 1e-100:
+        return "p < 1e-100"
+    if p >= 0.001:
+        return f"p = {p:.2g}" if p < 0.995 else "p = 1"
+    return f"p = {p:.1e}".replace("e-0", "e-")
+
+
+def format_ratio(c: Comparison) -> str:
+    """'5.2x [3.9–7.0x]' for rate_b / rate_a."""
+    if math.isnan(c.ratio):
+        return "n/a"
+    if math.isinf(c.ratio):
+        return f"from zero (ratio > {c.ratio_lo:.3g}x)"
+    return f"{c.ratio:.3g}x [{c.ratio_lo:.3g}–{c.ratio_hi:.3g}x]"
+
+
+def format_reduction(c: Comparison) -> str:
+    """'81% [74–86%]': 1 - ratio, with its interval (1 - ratio_hi, 1 - ratio_lo)."""
+    if math.isnan(c.ratio) or math.isinf(c.ratio):
+        return "n/a"
+    lo = format_pct(max(0.0, 1 - c.ratio_hi), "down")
+    hi = format_pct(min(1.0, 1 - c.ratio_lo), "up")
+    return f"{format_pct(1 - c.ratio)} [{lo.rstrip('%')}–{hi}]"
+
+
+def _json_float(x: float) -> float | None:
+    """JSON has no NaN or infinity: those become null."""
+    return x if math.isfinite(x) else None

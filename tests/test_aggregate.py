@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fixtures.campaigns import synth
+
+from harness.aggregate import iter_records, load_campaign, load_label
+from harness.errors import UsageError
+
+
+def test_cells_count_failures_over_non_infra_runs(tmp_path: Path) -> None:
+    agg = load_campaign(synth.two_version_campaign(tmp_path, torn_tail=True))
+    old, new = agg.cells
+    assert (old.strategy, old.runs, old.failures, old.infra) == ("etcd-0.4.1", 2000, 412, 3)
+    assert (new.strategy, new.runs, new.failures) == ("etcd-0.5.1", 2000, 0)
+    assert [s.signature for s in old.top_signatures()] == [
+        "pthread-exit-unwind-abort", "gilstate-release-not-current"]
+    assert old.signature_rate("gilstate-release-not-current")[:2] == (12, 2000)
+    assert old.categories == {"crash": 412, "clean": 1588, "infra": 3}
+    # the exemplar is the run that kept its artifacts
+    assert old.signatures["pthread-exit-unwind-abort"].exemplar["artifacts"]  # type: ignore[index]
+    assert any("torn last line" in n for n in agg.notes)
+    assert any("3 infra runs" in n for n in agg.notes)
+    (cmp,) = agg.comparisons
+    assert (cmp.comparison.a, cmp.comparison.b) == ("etcd-0.4.1", "etcd-0.5.1")
+    assert cmp.comparison.p_value < 1e-100
+    json.dumps(agg.to_dict(), allow_nan=False)
+
+
+def test_malformed_line_in_the_middle_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    good = json.dumps(synth.record("s", "a", 0))
+    path.write_text(f"{good}\nnot json\n{good}\n")
+    with pytest.raises(UsageError, match="results.jsonl:2"):
+        list(iter_records(path))
+    path.write_text(f"{good}\n{good[:-5]}")
+    notes: list[str] = []
+    assert len(list(iter_records(path, notes))) == 1 and notes
+
+
+def test_runs_under_different_load_are_never_pooled(tmp_path: Path) -> None:
+    busy = {"jobs": 8, "cpus": 2, "jobs_per_cpu": 4.0, "pin": None, "exit_delay": 0.0}
+    synth.make_campaign(tmp_path, [
+        synth.CellSpec("s", "old", 100, {"native-crash": 10}),
+        synth.CellSpec("s", "old", 100, {"native-crash": 40}, load=busy, first_index=100),
+        synth.CellSpec("s", "new", 100, {}),
+    ])
+    agg = load_campaign(tmp_path)
+    labels = {(c.strategy, c.load_label): c.failures for c in agg.cells}
+    assert labels == {("old", "2 jobs/CPU"): 10, ("old", "4 jobs/CPU"): 40,
+                      ("new", "2 jobs/CPU"): 0}
+    assert agg.mixed_load
+    assert any("never pooled" in n and "old" in n for n in agg.notes)
+    # comparisons pair cells of the same load only
+    assert [(c.load_label, c.comparison.a, c.comparison.b) for c in agg.comparisons] == [
+        ("2 jobs/CPU", "old", "new")]
+
+
+def test_load_label() -> None:
+    assert load_label(None) == "load not recorded"
+    assert load_label({"jobs": 3, "cpus": 2}) == "1.5 jobs/CPU"
+    assert load_label({"jobs_per_cpu": 1, "pin": "0-1", "exit_delay": 0.05}) == (
+        "1 jobs/CPU, pinned to 0-1, exit delay ≤ 0.05 s")
+
+
+def test_repeated_run_ids_count_once_and_plan_order_wins(tmp_path: Path) -> None:
+    synth.make_campaign(tmp_path, [synth.CellSpec("s", "b", 10, {"rust-panic": 2}),
+                                   synth.CellSpec("s", "a", 10, {})],
+                        plan={"strategies": ["a", "b"]})
+    synth.write_records(tmp_path, [synth.record("s", "b", 0, "rust-panic")])
+    agg = load_campaign(tmp_path)
+    assert [c.strategy for c in agg.cells] == ["a", "b"]
+    assert agg.cell("s", "b").failures == 2 and agg.duplicates == 1
+
+
+def test_missing_folder_or_results(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not a campaign folder"):
+        load_campaign(tmp_path / "nope")
+    with pytest.raises(UsageError, match="no results.jsonl"):
+        load_campaign(tmp_path)

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import io
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from fixtures.campaigns import synth
+
+from harness.errors import UsageError
+from harness.reports import FORMATS, compare_command, render, write_all
+
+GATES = {"etcd-0.5.1": {"max_upper": 0.001}, "etcd-0.4.1": {"min_lower": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth.two_version_campaign(tmp_path_factory.mktemp("c"))
+
+
+def test_write_all_writes_every_format(campaign: Path, tmp_path: Path) -> None:
+    written = write_all(campaign, tmp_path, gates=GATES)
+    assert set(written) == set(FORMATS)
+    assert all(p.stat().st_size > 200 for p in written.values())
+
+
+def test_json_carries_inputs_numbers_and_gates(campaign: Path) -> None:
+    doc = json.loads(render(campaign, "json", gates=GATES))
+    old, new = doc["cells"]
+    assert (old["failures"], old["runs"], old["infra"]) == (412, 2000, 3)
+    assert old["interval"] == pytest.approx([0.1883, 0.2245], abs=1e-3)
+    assert new["rate"] == 0 and new["interval"][1] == pytest.approx(0.00192, abs=1e-4)
+    assert doc["inputs"]["environment"]["kernel"] == "6.1.0-18-amd64"
+    assert doc["inputs"]["client_versions"] == {"etcd-0.4.1": ["0.4.1"], "etcd-0.5.1": ["0.5.1"]}
+    assert doc["inputs"]["load_labels"] == ["2 jobs/CPU"]
+    assert doc["comparisons"][0]["p_value"] < 1e-100
+    assert doc["passed"] is False
+    assert [(g["strategy"], g["passed"]) for g in doc["gates"]] == [
+        ("etcd-0.5.1", False), ("etcd-0.4.1", True)]
+
+
+def test_markdown_reads_as_a_verdict(campaign: Path) -> None:
+    md = render(campaign, "markdown", gates=GATES)
+    assert ("- etcd-0.5.1 removes the failures: 0/2000 (< 0.20%) vs 412/2000 "
+            "(20.6% [18.8–22.5%]) on etcd-0.4.1, Fisher p < 1e-100.") in md
+    assert "| concurrent-puts | `etcd-0.4.1` | 2000 | 412 | 20.6% [18.8–22.5%] |" in md
+    assert "### Gates: ❌ failed" in md
+    assert "shutdown-harness run --scenario concurrent-puts --strategy etcd-0.4.1" in md
+    # every table row has the header's number of cells
+    for block in re.findall(r"((?:^\|.*\|\n)+)", md, flags=re.M):
+        widths = {len(re.split(r"(?<!\\)\|", row)) for row in block.splitlines()}
+        assert len(widths) == 1, block
+
+
+def test_junit_fails_the_gated_cell_only(campaign: Path) -> None:
+    root = ET.fromstring(render(campaign, "junit", gates=GATES))
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    assert set(cases) == {"etcd-0.4.1", "etcd-0.5.1"}
+    assert cases["etcd-0.4.1"].find("failure") is None
+    failure = cases["etcd-0.5.1"].find("failure")
+    assert failure is not None and "must stay below 0.10%" in failure.get("message", "")
+    assert root.get("tests") == "2" and root.get("failures") == "1"
+
+
+def test_html_is_self_contained_with_a_chart(campaign: Path) -> None:
+    html = render(campaign, "html", gates=GATES)
+    assert "<script" not in html and "<link" not in html
+    assert not re.search(r"(src|href)=\"?https?:", html)
+    svg = re.search(r"<svg.*?</svg>", html, flags=re.S).group(0)  # type: ignore[union-attr]
+    # one stacked segment per signature of 0.4.1, widths proportional to the rates
+    segments = re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="([\d.]+)"[^>]*fill="(#\w+)">'
+                          r"<title>([^<]+)</title>", svg)
+    assert [s[2] for s in segments] == ["pthread-exit-unwind-abort: 400/2000",
+                                        "gilstate-release-not-current: 12/2000"]
+    assert float(segments[0][0]) / float(segments[1][0]) == pytest.approx(400 / 12, rel=0.01)
+    assert "20.6% [18.8–22.5%]" in svg and "&lt; 0.20%" in svg
+    assert "take_gil" in html  # the exemplar's native backtrace
+    assert "Current thread is 1" in html
+
+
+def test_terminal_and_compare(campaign: Path) -> None:
+    text = render(campaign, "terminal", gates={})
+    assert "20.6% [18.8–22.5%]" in text and "< 0.20%" in text
+    assert "etcd-0.5.1 removes the failures" in text
+    assert "\x1b[" not in text
+    out = io.StringIO()
+    assert compare_command(campaign, config={}, stream=out) == 0
+    assert "Fisher p < 1e-100" in out.getvalue() and "pthread-exit-unwind-abort" in out.getvalue()
+
+
+def test_mixed_load_is_labelled_in_every_format(tmp_path: Path) -> None:
+    busy = {"jobs": 8, "cpus": 2, "jobs_per_cpu": 4.0, "pin": None, "exit_delay": 0.0}
+    synth.make_campaign(tmp_path, [
+        synth.CellSpec("s", "old", 50, {"native-crash": 5}),
+        synth.CellSpec("s", "old", 50, {"native-crash": 20}, load=busy, first_index=50)])
+    for fmt in FORMATS:
+        text = render(tmp_path, fmt, gates={})
+        assert "4 jobs/CPU" in text and "2 jobs/CPU" in text, fmt
+
+
+def test_unknown_format(campaign: Path) -> None:
+    with pytest.raises(UsageError, match="unknown report format"):
+        render(campaign, "pdf", gates={})
