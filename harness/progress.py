@@ -6,6 +6,7 @@ Both show runs done, runs per second and failures so far by category, overall an
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -63,14 +64,15 @@ class ProgressView:
         tally: Tally,
         planned: int,
         stream: IO[str] | None = None,
-        interval: float = 5.0,
+        interval: float | None = None,
         live: bool | None = None,
         already: int = 0,
     ) -> None:
         self.tally = tally
         self.planned = planned
         self.stream = stream or sys.stdout
-        self.interval = interval
+        # Plain status every 5 s by default (SHUTDOWN_HARNESS_STATUS_INTERVAL overrides).
+        self.interval = interval or float(os.environ.get("SHUTDOWN_HARNESS_STATUS_INTERVAL", 5))
         self.live = self.stream.isatty() if live is None else live
         self.started = time.monotonic()
         self._last_line = self.started

@@ -1,0 +1,382 @@
+"""The command line: ``shutdown-harness SUBCOMMAND ...`` (also ``python -m harness``).
+
+Exit codes: 0 success; 1 a gate or threshold failed; 2 bad input or an unusable environment
+(one line on stderr, no traceback); 130 interrupted (every finished run is kept: ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from harness import __version__
+from harness.errors import EXIT_OK, EXIT_USAGE, UsageError
+from harness.services import validate_how
+
+__all__ = ["main", "build_parser"]
+
+#: `run` options that define the plan (stored in campaign.json), by argparse dest.
+_PLAN_KEYS = (
+    "scenario",
+    "strategy",
+    "command",
+    "runs",
+    "jobs",
+    "timeout",
+    "seed",
+    "shard",
+    "until_halfwidth",
+    "etcd",
+    "valkey",
+    "pin",
+    "exit_delay",
+    "cores",
+    "keep_cores",
+    "keep_artifacts",
+    "cores_per_signature",
+    "no_faulthandler",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad input is one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _halfwidth(text: str) -> float:
+    from harness.stats import parse_halfwidth
+
+    try:
+        return parse_halfwidth(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+
+
+def _service(kind: str) -> Any:
+    """argparse type for --etcd/--valkey: auto, embedded, container or HOST:PORT."""
+    check = validate_how(kind)
+
+    def parse(text: str) -> str:
+        try:
+            return str(check(text))
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+
+    return parse
+
+
+def _csv(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="shutdown-harness",
+        description="Reproduce, measure and explain interpreter-shutdown crashes.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", type=Path, help="pyproject.toml to read (default: ./)")
+    sub = parser.add_subparsers(dest="command_name", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a campaign")
+    what = run.add_argument_group("what to run")
+    what.add_argument("--scenario", action="append", help="scenario names or .py paths")
+    what.add_argument("--strategy", action="append", help="strategy names or inline specs")
+    what.add_argument("--command",
+                      help='any child program instead of a scenario, e.g. "python x.py"')
+    what.add_argument("--preset",
+                      help="take unset options from [tool.shutdown-harness.presets.NAME]")
+    how = run.add_argument_group("how")
+    how.add_argument("--runs", type=_positive_int, help="runs per cell (cap when adaptive)")
+    how.add_argument("--jobs", type=_positive_int, help="children at once (default: CPU count)")
+    how.add_argument("--timeout", type=_positive_float, help="seconds per run")
+    how.add_argument("--until-halfwidth", type=_halfwidth, metavar="W",
+                     help="stop a cell once its 95%% interval half-width is below W (0.02 or 2%%)")
+    how.add_argument("--seed", type=int, help="seed for the scenarios' randomness")
+    how.add_argument("--shard", help="run only shard I of N (I/N)")
+    how.add_argument("--etcd", type=_service("etcd"), help="auto|embedded|container|HOST:PORT")
+    how.add_argument("--valkey", type=_service("valkey"),
+                     help="auto|embedded|container|HOST:PORT")
+    stress = run.add_argument_group("stressors")
+    stress.add_argument("--pin", metavar="CPUS", help="pin children to these CPUs (0 or 0-1)")
+    stress.add_argument("--exit-delay", type=_positive_float, metavar="S",
+                        help="random delay of 0..S s after the work, before exit")
+    evidence = run.add_argument_group("evidence")
+    evidence.add_argument("--cores", choices=("auto", "off"), help="core dumps and gdb backtraces")
+    evidence.add_argument("--keep-cores", action="store_true", default=None,
+                          help="keep exemplar core files in artifacts/")
+    evidence.add_argument("--keep-artifacts", type=_non_negative_int, metavar="N",
+                          help="full output kept for the first N runs per signature (3)")
+    evidence.add_argument("--cores-per-signature", type=_non_negative_int, metavar="N",
+                          help="cores analysed with gdb per signature group (5)")
+    evidence.add_argument("--no-faulthandler", action="store_true", default=None)
+    out = run.add_argument_group("output")
+    out.add_argument("--out", type=Path, help="campaign folder (default: reports/<time>/)")
+    out.add_argument("--resume", action="store_true", help="continue the campaign in --out")
+
+    sub.add_parser("list", help="scenarios and strategies")
+
+    classify = sub.add_parser("classify", help="classify one saved run (JSON)")
+    classify.add_argument("file", type=Path)
+
+    report = sub.add_parser("report", help="render a campaign's report")
+    report.add_argument("dir", type=Path)
+    report.add_argument("--format", default="terminal",
+                        choices=("terminal", "json", "markdown", "junit", "html"))
+    report.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
+
+    compare = sub.add_parser("compare", help="strategies side by side, with p-values")
+    compare.add_argument("dir", type=Path)
+
+    evidence_cmd = sub.add_parser("evidence", help="an upstream-ready evidence bundle")
+    evidence_cmd.add_argument("dir", type=Path)
+    evidence_cmd.add_argument("--out", type=Path, required=True)
+
+    merge = sub.add_parser("merge", help="combine shard folders")
+    merge.add_argument("dirs", type=Path, nargs="+")
+    merge.add_argument("--out", type=Path, required=True)
+
+    sub.add_parser("doctor", help="what this machine offers, and what degrades")
+    return parser
+
+
+# -- run ------------------------------------------------------------------------------------
+def _newest_campaign(root: Path) -> Path:
+    folders = sorted(p.parent for p in root.glob("*/campaign.json"))
+    if not folders:
+        raise UsageError(f"--resume: no campaign under {root}/; name it with --out")
+    return folders[-1]
+
+
+def _plan_from_args(
+    args: argparse.Namespace, config: dict[str, Any]
+) -> tuple[dict[str, Any], set[str]]:
+    given = {key for key in _PLAN_KEYS if getattr(args, key, None) is not None}
+    preset: dict[str, Any] = {}
+    if args.preset:
+        presets = config.get("presets", {})
+        if args.preset not in presets:
+            raise UsageError(f"unknown --preset {args.preset!r} (known: {', '.join(presets)})")
+        preset = {k.replace("-", "_"): v for k, v in presets[args.preset].items()}
+
+    def pick(key: str, default: Any = None) -> Any:
+        value = getattr(args, key, None)
+        if value is not None:
+            return value
+        return preset.get(key, default)
+
+    if args.command is not None and args.scenario:
+        raise UsageError("--command and --scenario exclude each other")
+    if args.command is not None and args.strategy:
+        raise UsageError("--command runs as it is: --strategy does not apply")
+    if args.command is not None and not args.command.strip():
+        raise UsageError("--command is empty")
+    scenarios = _csv(args.scenario) or _csv(preset.get("scenarios")) or config.get(
+        "default-scenarios", ["sanity"]
+    )
+    strategies = _csv(args.strategy) or _csv(preset.get("strategies")) or config.get(
+        "default-strategies", [config.get("default-strategy", "etcd-0.5.1")]
+    )
+    from harness.plan import parse_shard
+
+    pin = pick("pin")
+    pinned = None
+    if pin:
+        from harness.stressors import pin_cpus
+
+        pinned = pin_cpus(pin)
+    plan: dict[str, Any] = {
+        "command": args.command,
+        "scenarios": None if args.command is not None else scenarios,
+        "strategies": None if args.command is not None else strategies,
+        "runs": pick("runs"),
+        "jobs": pick("jobs", len(os.sched_getaffinity(0))),
+        "timeout": pick("timeout"),
+        "seed": pick("seed", random.randrange(1 << 31)),
+        "shard": list(s) if (s := parse_shard(pick("shard"))) else None,
+        "until_halfwidth": pick("until_halfwidth"),
+        "etcd": pick("etcd", "auto"),
+        "valkey": pick("valkey", "auto"),
+        "pin": pin,
+        "pin_cpus": pinned,
+        "exit_delay": pick("exit_delay"),
+        "cores": pick("cores", "auto"),
+        "keep_cores": bool(pick("keep_cores", False)),
+        "keep_artifacts": pick("keep_artifacts", 3),
+        "cores_per_signature": pick("cores_per_signature", 5),
+        "faulthandler": not pick("no_faulthandler", False),
+    }
+    rename = {"scenario": "scenarios", "strategy": "strategies", "no_faulthandler": "faulthandler"}
+    return plan, {rename.get(k, k) for k in given}
+
+
+def _cmd_run(args: argparse.Namespace, config: dict[str, Any], argv: Sequence[str]) -> int:
+    from harness.workflow import Campaign, run
+
+    plan, given = _plan_from_args(args, config)
+    if args.out is not None:
+        out = args.out
+    elif args.resume:
+        out = _newest_campaign(Path("reports"))
+    else:
+        out = Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    campaign = Campaign(
+        plan=plan,
+        out=out,
+        resume=args.resume,
+        config=config,
+        argv=["shutdown-harness", *argv],
+        given=given,
+    )
+    return run(campaign)
+
+
+# -- the other subcommands -------------------------------------------------------------------
+def _cmd_list(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness import scenarios, strategies
+
+    console = Console()
+    table = Table(title="scenarios", title_justify="left")
+    for column in ("name", "services", "runs", "timeout", "what it reproduces"):
+        table.add_column(column)
+    for info in scenarios.builtin():
+        table.add_row(
+            info.name, ",".join(info.services) or "-", str(info.runs), f"{info.timeout:g}s",
+            info.summary,
+        )
+    console.print(table)
+    table = Table(title="strategies", title_justify="left")
+    for column in ("name", "packages", "cleanup mode", "what it shows"):
+        table.add_column(column)
+    for strategy in strategies.resolve(list(config.get("strategies", {})), config):
+        table.add_row(
+            strategy.name, " + ".join(strategy.requirements), strategy.mode, strategy.description
+        )
+    console.print(table)
+    console.print(
+        "Inline strategies work too: 'etcd-client-py==0.5.1@atexit', "
+        "'etcd-client-py==0.5.1+valkey-glide==2.6.0@explicit'."
+    )
+    return EXIT_OK
+
+
+def _cmd_classify(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    import json
+
+    from harness.classify import classify_file
+
+    print(json.dumps(classify_file(args.file), indent=2))
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from harness import reports
+
+    return reports.report_command(args.dir, args.format, args.output, config=config)
+
+
+def _cmd_compare(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from harness import reports
+
+    return reports.compare_command(args.dir, config=config)
+
+
+def _cmd_evidence(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from harness.evidence import build_bundle
+
+    bundle = build_bundle(args.dir, args.out, gates=config.get("gates"))
+    print(f"evidence bundle: {bundle}")
+    return EXIT_OK
+
+
+def _cmd_merge(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from harness.merge import merge
+
+    merge(args.dirs, args.out)
+    print(f"merged {len(args.dirs)} folders into {args.out}")
+    return EXIT_OK
+
+
+def _cmd_doctor(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from harness import doctor
+
+    return doctor.main()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so that services and stores are cleaned up in finally blocks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        from harness import config as config_module
+
+        config = config_module.load(args.config)
+        if args.command_name == "run":
+            return _cmd_run(args, config, argv)
+        handler = {
+            "list": _cmd_list,
+            "classify": _cmd_classify,
+            "report": _cmd_report,
+            "compare": _cmd_compare,
+            "evidence": _cmd_evidence,
+            "merge": _cmd_merge,
+            "doctor": _cmd_doctor,
+        }[args.command_name]
+        return handler(args, config)
+    except UsageError as e:
+        sys.stderr.write(f"shutdown-harness: error: {e}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("shutdown-harness: interrupted\n")
+        return 130

@@ -1,0 +1,192 @@
+"""The command line end to end, as a user runs it: real harness processes, real children."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.stats import wilson_interval
+
+BEHAVE = Path(__file__).parent / "children" / "behave.py"
+HARNESS = [sys.executable, "-m", "harness"]
+
+
+def _harness(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*HARNESS, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
+
+
+def _records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--runs", "-1", "--command", "true"], "--runs"),
+        (["run", "--jobs", "0", "--command", "true"], "--jobs"),
+        (["run", "--timeout", "abc", "--command", "true"], "--timeout"),
+        (["run", "--etcd", "nowhere", "--command", "true"], "--etcd"),
+        (["run", "--cores", "maybe", "--command", "true"], "--cores"),
+        (["run", "--until-halfwidth", "0.7", "--command", "true"], "--until-halfwidth"),
+        (["run", "--shard", "3/2", "--command", "true"], "--shard"),
+        (["run", "--command", "true", "--scenario", "sanity"], "exclude each other"),
+        (["run", "--scenario", "no_such_scenario"], "no_such_scenario"),
+        (["run", "--strategy", "no-such-strategy", "--scenario", "sanity"], "no-such-strategy"),
+        (["report", "/nonexistent/campaign"], "campaign"),
+        (["classify", "/nonexistent/run.json"], "run.json"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    result = _harness(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_out_is_exit_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = _harness("run", "--command", "true", "--runs", "1", "--out", str(blocker / "out"))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--out" in result.stderr
+
+
+def test_flaky_abort_rate_and_records(tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    result = _harness(
+        "run", "--command", f"{sys.executable} {BEHAVE} flaky 0.2", "--runs", "300",
+        "--out", str(out), "--cores", "off",
+    )
+    assert result.returncode == 0, result.stderr
+    records = _records(out)
+    assert len(records) == 300
+    assert len({r["run_id"] for r in records}) == 300
+    crashed = [r for r in records if r["category"] == "crash"]
+    assert {r["signal"] for r in crashed} == {"SIGABRT"}
+    assert all(r["returncode"] == -6 and r["phase"] == "finalization" for r in crashed)
+    assert all(r["work_done"] for r in records)
+    low, high = wilson_interval(len(crashed), len(records), confidence=0.999)
+    assert low <= 0.2 <= high  # the true rate is 20%
+    assert f"{len(crashed)}/300 failed" in result.stdout  # final summary
+    for key in ("run_id", "scenario", "strategy", "index", "returncode", "signal", "timed_out",
+                "work_done", "duration_s", "category", "outcome", "signature", "phase",
+                "stderr_tail", "load", "started_at"):
+        assert key in records[0]
+    assert (out / "report.html").exists() and (out / "junit.xml").exists()
+
+
+def test_every_kind_of_exit_is_classified(tmp_path: Path) -> None:
+    cases = {
+        "ok": ("clean", "clean"),
+        "exit 3": ("error", "exit:3"),
+        "raise": ("error", "exception:ValueError"),
+        "abort": ("crash", "signal:SIGABRT"),
+        "segv": ("crash", "signal:SIGSEGV"),
+        "hang-before": ("hang", "timeout"),
+        "hang-after": ("hang", "timeout"),
+    }
+    seen = {}
+    for action, expected in cases.items():
+        out = tmp_path / action.replace(" ", "_")
+        result = _harness(
+            "run", "--command", f"{sys.executable} {BEHAVE} {action}", "--runs", "1",
+            "--timeout", "2", "--out", str(out), "--cores", "off",
+        )
+        assert result.returncode == 0, result.stderr
+        (record,) = _records(out)
+        seen[action] = record
+        assert (record["category"], record["outcome"]) == expected, record
+    assert seen["raise"]["signature"] == "python-exception:ValueError"
+    assert seen["raise"]["phase"] == "unknown"  # no marker before the exception
+    assert seen["hang-before"]["signature"] == "hang-during-work"
+    assert seen["hang-after"]["signature"] == "hang-at-exit"
+    assert seen["hang-after"]["timed_out"] is True
+
+
+def _wait_for_records(folder: Path, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    results = folder / "results.jsonl"
+    while time.monotonic() < deadline:
+        if results.exists() and results.read_text().count("\n") >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} records after {timeout} s")
+
+
+def test_sigkill_then_resume_gives_exactly_the_plan(tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    command = f"{sys.executable} -c 'import time; time.sleep(0.05)'"
+    proc = subprocess.Popen(
+        [*HARNESS, "run", "--command", command, "--runs", "60", "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    _wait_for_records(out, 10)
+    proc.kill()
+    proc.wait()
+    before = len(_records(out))
+    assert 10 <= before < 60
+    result = _harness("run", "--resume", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "already recorded" in result.stdout
+    ids = [r["run_id"] for r in _records(out)]
+    assert len(ids) == 60
+    assert sorted(ids) == sorted(f"command/host/{i}" for i in range(60))
+
+
+def test_sigterm_stops_children_keeps_records_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "t"
+    command = f"{sys.executable} -c 'import time; time.sleep(0.3)  # sigterm-probe'"
+    proc = subprocess.Popen(
+        [*HARNESS, "run", "--command", command, "--runs", "40", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _wait_for_records(out, 4)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted" in stdout and "--resume" in stdout
+    time.sleep(0.2)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "sigterm-probe" not in ps
+    kept = len(_records(out))
+    assert 4 <= kept < 40
+    result = _harness("run", "--resume", "--out", str(out), "--jobs", "2")
+    assert result.returncode == 0, result.stderr
+    assert len({r["run_id"] for r in _records(out)}) == len(_records(out)) == 40
+
+
+def test_resume_refuses_a_different_plan(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    assert _harness("run", "--command", "true", "--runs", "2", "--out", str(out)).returncode == 0
+    result = _harness("run", "--resume", "--runs", "5", "--out", str(out))
+    assert result.returncode == 2
+    assert "runs" in result.stderr
+    again = _harness("run", "--command", "true", "--runs", "2", "--out", str(out))
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_plain_status_lines_when_not_a_terminal(tmp_path: Path) -> None:
+    env = {**os.environ, "SHUTDOWN_HARNESS_STATUS_INTERVAL": "0.2"}
+    result = subprocess.run(
+        [*HARNESS, "run", "--command", f"{sys.executable} {BEHAVE} flaky 0.5",
+         "--runs", "40", "--out", str(tmp_path / "p"), "--cores", "off"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 0
+    status = [line for line in result.stdout.splitlines() if "/40 runs" in line]
+    assert status, result.stdout
+    assert "/s" in status[0] and "failed" in status[0]
+    assert "\x1b[" not in "\n".join(status)  # no terminal control codes in CI logs
