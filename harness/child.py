@@ -31,13 +31,14 @@ import random
 import signal
 import sys
 import time
+from typing import Any
 
 # Kept equal to harness.MARKER (a test checks it); not imported, see the module docstring.
 MARKER = "@@shutdown-harness: work done@@"
 MODES = ("none", "explicit", "atexit", "hard-exit", "sleep")
 
 
-def _load(path: str) -> object:
+def _load(path: str) -> Any:
     folder = os.path.dirname(os.path.abspath(path))
     sys.path[0:1] = [folder]  # replaces this wrapper's own folder
     spec = importlib.util.spec_from_file_location("__scenario__", path)
@@ -56,7 +57,7 @@ def _cleanup_function(target: str | None) -> object:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def _probe(module: object) -> int:
+def _probe(module: Any) -> int:
     applicable = getattr(module, "applicable", None)
     reason = applicable() if callable(applicable) else None
     print(json.dumps({"applicable": reason is None, "reason": reason}))
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
         atexit.register(cleanup)  # type: ignore[arg-type]
 
-    body = getattr(module, "main")
+    body = module.main
     if inspect.iscoroutinefunction(body):
         asyncio.run(body())
     else:
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.mode == "sleep":
         time.sleep(args.sleep)
     if args.exit_delay > 0:
-        rng = random.Random(os.environ.get("SHUTDOWN_HARNESS_RUN_ID"))
+        seed = os.environ.get("SHUTDOWN_HARNESS_SEED")
+        rng = random.Random(f"{seed}/{os.environ.get('SHUTDOWN_HARNESS_RUN_ID')}")
         time.sleep(rng.uniform(0, args.exit_delay))
     if args.mode == "hard-exit":
         sys.stderr.flush()

@@ -154,6 +154,13 @@ def classify(
 
     if category in ("error", "crash") and "Traceback" in stderr:
         exception = first_match(stderr, "error", rule_list=(rule_by_id("python-exception"),))
+        if exception is not None and sig == "SIGINT" and \
+                exception.groups.get("type") == "KeyboardInterrupt":
+            # Python re-raises SIGINT on itself after an uncaught KeyboardInterrupt (3.8+):
+            # the death is the program's own exception, not a crash.
+            category = "error"
+            verdict = replace(verdict, category="error").with_note(
+                "died by SIGINT after an uncaught KeyboardInterrupt: counted as an exception")
         if exception is not None:
             verdict = _exception(verdict, exception.groups, as_outcome=category == "error")
     functions = crashing_thread_frames(backtrace) if backtrace and category == "crash" else []

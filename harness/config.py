@@ -2,7 +2,8 @@
 
 The built-in defaults live in `harness/data/defaults.toml` (same shape as the pyproject table).
 The user's table is found in `./pyproject.toml` (or the file given with `--config`); its keys
-replace the defaults', except the `strategies` and `gates` tables which are merged by name.
+replace the defaults', except the `strategies`, `gates`, `clients` and `presets` tables, which
+are merged by name.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from harness.errors import UsageError
 __all__ = ["load", "DEFAULTS_PATH"]
 
 DEFAULTS_PATH = Path(__file__).parent / "data" / "defaults.toml"
-_MERGED_TABLES = ("strategies", "gates")
+_MERGED_TABLES = ("strategies", "gates", "clients", "presets")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

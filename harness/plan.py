@@ -1,8 +1,9 @@
 """The plan: which runs a campaign is made of, in which order, and which shard runs which.
 
 A campaign is a set of cells (scenario x strategy), each with up to ``runs`` runs indexed
-0..runs-1 (one number for all cells, or one per cell). A run's id, ``scenario/strategy/index``, is stable: a resumed or sharded campaign
-names the same run the same way, which is what makes ``--resume`` and ``merge`` exact.
+0..runs-1 (one number for all cells, or one per cell). A run's id, ``scenario/strategy/index``,
+is stable: a resumed or sharded campaign names the same run the same way, which is what makes
+``--resume`` and ``merge`` exact.
 
 Runs are issued round-robin across cells (index 0 of every cell, then index 1, ...), so that
 the strategies being compared run side by side under the same load, not one after the other.

@@ -44,7 +44,8 @@ def artifact_dir_name(run_id: str) -> str:
 def read_campaign(folder: Path) -> dict[str, Any]:
     path = folder / CAMPAIGN
     try:
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
+        campaign: dict[str, Any] = json.loads(path.read_text())
+        return campaign
     except FileNotFoundError:
         raise UsageError(f"{folder} holds no campaign ({CAMPAIGN} is missing)") from None
     except (OSError, ValueError) as e:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import shlex
 import signal
 import sys
@@ -24,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from harness import MARKER, __version__
+from harness import MARKER, __version__, stressors
 from harness.engine import Engine, Exit, Job, raise_core_limit
 from harness.errors import EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from harness.plan import Cell, RunSpec, iter_plan, plan_size
@@ -111,16 +110,9 @@ def environment() -> dict[str, Any]:
 
 
 def load_label(plan: dict[str, Any]) -> dict[str, Any]:
-    cpus = len(os.sched_getaffinity(0))
-    pinned = plan.get("pin")
-    effective = len(plan.get("pin_cpus") or []) or cpus
-    return {
-        "jobs": plan["jobs"],
-        "cpus": effective,
-        "jobs_per_cpu": round(plan["jobs"] / effective, 3),
-        "pin": pinned,
-        "exit_delay": plan.get("exit_delay") or 0.0,
-    }
+    return stressors.load_label(
+        plan["jobs"], pin=plan.get("pin_cpus"), exit_delay=plan.get("exit_delay")
+    )
 
 
 # -- tasks ---------------------------------------------------------------------------------
@@ -186,11 +178,11 @@ def plan_cells(c: Campaign) -> None:
     seed = str(c.plan["seed"])
     base_env["SHUTDOWN_HARNESS_SEED"] = seed
     if c.plan.get("command"):
-        argv = tuple(shlex.split(c.plan["command"]))
+        command = tuple(shlex.split(c.plan["command"]))
         env = {**base_env, "PYTHONFAULTHANDLER": "1"}
-        exe = _which(argv[0])
+        exe = _which(command[0])
         c.cells[(COMMAND_SCENARIO, COMMAND_STRATEGY)] = Cellinfo(
-            argv=argv,
+            argv=command,
             env=env,
             timeout=c.plan.get("timeout") or 60.0,
             dump_signal=signal.SIGABRT,  # with PYTHONFAULTHANDLER=1: all thread stacks
@@ -210,11 +202,7 @@ def plan_cells(c: Campaign) -> None:
             if reason is not None:
                 c.not_applicable[f"{info.name}/{name}"] = reason
                 continue
-            argv = [str(python), str(CHILD), str(info.path), "--mode", strategy.mode]
-            if strategy.cleanup:
-                argv += ["--cleanup", strategy.cleanup]
-            if strategy.mode == "sleep":
-                argv += ["--sleep", str(strategy.sleep_s)]
+            argv: list[str] = [str(python), str(CHILD), str(info.path), *strategy.child_args()]
             if c.plan.get("exit_delay"):
                 argv += ["--exit-delay", str(c.plan["exit_delay"])]
             if not c.plan.get("faulthandler", True):
@@ -238,8 +226,7 @@ def plan_cells(c: Campaign) -> None:
 
 
 def _client_version(strategy: Any, versions: dict[str, str]) -> str | None:
-    names = [re.split(r"[=<>!~\[; ]", req, maxsplit=1)[0] for req in strategy.requirements]
-    found = [f"{n}=={versions[n.lower()]}" for n in names if n.lower() in versions]
+    found = [f"{d}=={versions[d]}" for d in strategy.distributions if d in versions]
     return "+".join(found) or None
 
 
@@ -525,8 +512,8 @@ def execute(c: Campaign) -> None:
     assert c.store is not None
     cells = list(c.cells)
     runs = {cell: info.runs for cell, info in c.cells.items()}
-    shard = tuple(c.plan["shard"]) if c.plan.get("shard") else None
-    planned = plan_size(cells, runs, shard)  # type: ignore[arg-type]
+    shard = (c.plan["shard"][0], c.plan["shard"][1]) if c.plan.get("shard") else None
+    planned = plan_size(cells, runs, shard)
     for record in iter_records(c.out):  # a resumed campaign counts what it already has
         c.tally.add(record)
     cell_done = _adaptive(c) if c.plan.get("until_halfwidth") else None
@@ -541,14 +528,13 @@ def execute(c: Campaign) -> None:
     c.say(
         f"{remaining} runs to do ({planned} planned) with {c.plan['jobs']} jobs -> {c.out}"
     )
+    done = c.store.done
     try:
-        with ProgressView(c.tally, planned, stream=c.stream, already=len(c.store.done)) as view:
+        with ProgressView(c.tally, planned, stream=c.stream, already=len(done)) as view:
             executor = _Executor(c, view)
             try:
                 c.completed = engine.run(
-                    executor.jobs(
-                        lambda: iter_plan(cells, runs, shard, c.store.done, cell_done)  # type: ignore[arg-type, union-attr]
-                    ),
+                    executor.jobs(lambda: iter_plan(cells, runs, shard, done, cell_done)),
                     executor.on_exit,
                 )
             finally:

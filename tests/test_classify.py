@@ -192,6 +192,9 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
     ("raise ValueError('bad value 42')",
      "error", "exception:ValueError", "python-exception:ValueError", "work"),
     ("import sys; sys.exit(3)", "error", "exit:3", "exit-3", "work"),
+    # An uncaught KeyboardInterrupt makes Python kill itself with SIGINT: not a crash.
+    ("import os, signal, time; os.kill(os.getpid(), signal.SIGINT); time.sleep(5)",
+     "error", "exception:KeyboardInterrupt", "python-exception:KeyboardInterrupt", "work"),
     ("import ctypes; ctypes.pythonapi._Py_FatalErrorFunc(b'my_func', b'gave up')",
      "crash", "signal:SIGABRT", "fatal-python-error:my_func", "work"),
     (f"print({MARKER!r})", "clean", "clean", "clean", "finalization"),
@@ -201,5 +204,5 @@ def test_real_child_end_to_end(code: str, category: str, outcome: str, signature
     proc = _run(code)
     v = classify(returncode=proc.returncode, stderr=proc.stderr, stdout=proc.stdout)
     assert (v.category, v.outcome, v.signature, v.phase) == (category, outcome, signature, phase)
-    if signature.startswith("python-exception"):
+    if signature == "python-exception:ValueError":
         assert v.exception == "ValueError: bad value 42"
