@@ -54,7 +54,8 @@ def stress(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "harness", "scenarios", "tests", "bench", "noxfile.py", "conftest.py")
+    session.run("ruff", "check", "harness", "scenarios", "tests", "bench",
+                "noxfile.py", "conftest.py")
 
 
 @nox.session

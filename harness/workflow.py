@@ -376,7 +376,7 @@ class _Executor:
             "max_rss_kb": ex.max_rss_kb,
             "backtrace": None,
         }
-        if verdict.category not in ("clean", "infra") and self._service_down(info, record):
+        if verdict.category != "clean" and self._service_down(info, record):
             self._finish(record, stdout, stderr, None, core)
             return
         if core is not None and verdict.category == "crash":

@@ -18,7 +18,9 @@ BEHAVE = Path(__file__).parent / "children" / "behave.py"
 HARNESS = [sys.executable, "-m", "harness"]
 
 
-def _harness(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _harness(
+    *args: str, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*HARNESS, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
     )

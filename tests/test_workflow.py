@@ -1,0 +1,145 @@
+"""The run pipeline with real services, real clients and real children."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import config as config_module
+from harness.store import iter_records
+from harness.workflow import Campaign, run
+
+SLOW_PUT = '''"""Puts a key every 50 ms for 0.4 s: long enough to be caught by a dying etcd."""
+import asyncio, os
+SERVICES = ("etcd",)
+RUNS = 10
+TIMEOUT = 20.0
+
+async def main():
+    from etcd_client import Client
+    ep = os.environ["SHUTDOWN_HARNESS_ETCD"]
+    async with Client([f"http://{ep}"]).connect() as c:
+        for i in range(8):
+            await c.put(b"slow-put", str(i).encode())
+            await asyncio.sleep(0.05)
+'''
+
+
+def _plan(**overrides: Any) -> dict[str, Any]:
+    plan: dict[str, Any] = {
+        "command": None,
+        "scenarios": ["sanity"],
+        "strategies": ["etcd-0.5.1"],
+        "runs": 4,
+        "jobs": 2,
+        "timeout": None,
+        "seed": 1,
+        "shard": None,
+        "until_halfwidth": None,
+        "etcd": "embedded",
+        "valkey": "embedded",
+        "pin": None,
+        "pin_cpus": None,
+        "exit_delay": None,
+        "cores": "auto",
+        "keep_cores": False,
+        "keep_artifacts": 3,
+        "cores_per_signature": 3,
+        "faulthandler": True,
+    }
+    plan.update(overrides)
+    return plan
+
+
+def _campaign(out: Path, **overrides: Any) -> Campaign:
+    return Campaign(
+        plan=_plan(**overrides), out=out, resume=False, config=config_module.load(),
+        stream=io.StringIO(),
+    )
+
+
+@pytest.mark.etcd
+@pytest.mark.slow
+def test_etcd_killed_mid_campaign_is_infra_restarted_and_survived(tmp_path: Path) -> None:
+    scenario = tmp_path / "slow_put.py"
+    scenario.write_text(SLOW_PUT)
+    out = tmp_path / "campaign"
+    campaign = _campaign(out, scenarios=[str(scenario)], runs=30)
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if sum(1 for _ in iter_records(out)) >= 6 and campaign.services is not None:
+                service = campaign.services["etcd"]
+                killed.append(service.pid)
+                os.kill(service.pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    code = run(campaign)
+    thread.join(5)
+    assert killed, "etcd was never killed"
+    assert code == 0
+    records = list(iter_records(out))
+    assert len(records) == 30  # nothing lost, nothing duplicated
+    infra = [r for r in records if r["category"] == "infra"]
+    assert infra, "the runs broken by the dead etcd must be infra"
+    assert all(r["category"] in ("clean", "infra") for r in records), [
+        (r["category"], r["signature"]) for r in records if r["category"] not in ("clean", "infra")
+    ]
+    last_infra = max(r["started_at"] for r in infra)
+    assert any(r["category"] == "clean" and r["started_at"] > last_infra for r in records)
+    assert "restarted" in campaign.stream.getvalue()  # type: ignore[attr-defined]
+    report = json.loads((out / "report.json").read_text())
+    assert "infra" in json.dumps(report)
+
+
+@pytest.mark.etcd
+def test_not_applicable_cells_are_reported_not_failed(tmp_path: Path) -> None:
+    campaign = _campaign(
+        tmp_path / "na", scenarios=["sanity", "etcd_and_valkey"], strategies=["etcd-0.5.1"],
+        runs=2,
+    )
+    assert run(campaign) == 0
+    stored = json.loads((tmp_path / "na" / "campaign.json").read_text())
+    assert "etcd_and_valkey/etcd-0.5.1" in stored["not_applicable"]
+    assert "valkey-glide" in stored["not_applicable"]["etcd_and_valkey/etcd-0.5.1"]
+    assert {r["scenario"] for r in iter_records(tmp_path / "na")} == {"sanity"}
+
+
+def test_pinned_children_run_on_the_pinned_cpu(tmp_path: Path) -> None:
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    command = f"{sys.executable} -c 'import os; print(sorted(os.sched_getaffinity(0)))'"
+    campaign = _campaign(
+        tmp_path / "pin", command=command, scenarios=None, strategies=None, runs=3,
+        pin=str(cpu), pin_cpus=[cpu],
+    )
+    assert run(campaign) == 0
+    records = list(iter_records(tmp_path / "pin"))
+    assert len(records) == 3
+    assert all(r["load"]["pin"] == str(cpu) and r["load"]["cpus"] == 1 for r in records)
+    stdout = (tmp_path / "pin" / records[0]["artifacts"] / "stdout.txt").read_text()
+    assert stdout.strip() == f"[{cpu}]"
+
+
+def test_adaptive_stop_ends_a_clear_cell_early(tmp_path: Path) -> None:
+    campaign = _campaign(
+        tmp_path / "ad", command=f"{sys.executable} -c pass", scenarios=None, strategies=None,
+        runs=2000, until_halfwidth=0.05, cores="off",
+    )
+    assert run(campaign) == 0
+    count = sum(1 for _ in iter_records(tmp_path / "ad"))
+    # 0 failures: the Wilson half-width drops below 5% after ~37 runs (plus runs in flight).
+    assert 30 <= count <= 60
