@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fixtures.campaigns import synth
 
+from harness import scenarios
 from harness.errors import UsageError
 from harness.evidence import build_bundle, scenario_path
 
@@ -106,4 +107,5 @@ def test_scenario_path_falls_back_to_the_builtin_folder(tmp_path: Path) -> None:
 
     synth.make_campaign(tmp_path, [synth.CellSpec("concurrent-ops", "a", 1, {})])
     path = scenario_path(load_campaign(tmp_path), "concurrent-ops")
-    assert path == ROOT / "scenarios" / "concurrent_ops.py"
+    assert path == scenarios.BUILTIN_DIR / "concurrent_ops.py"  # installed or source tree
+    assert path.exists()

@@ -172,6 +172,12 @@ DELIBERATE = {"exception_exit", "signal_exit"}
 #: a few percent (lock_held_at_exit) to tens of percent (daemon_thread_inflight) of runs.
 KNOWN_TO_CRASH_ON_051 = {"daemon_thread_inflight", "lock_held_at_exit"}
 FINALIZATION_SIGNALS = {-6, -7, -11}  # SIGABRT, SIGBUS, SIGSEGV
+#: Threads each with their own event loop: 0.5.1's reference count of client contexts can hit
+#: zero in one thread while another thread's request is in flight, and the runtime shuts down
+#: under it ("Service was not ready: transport error", or a future that never completes and a
+#: thread that never ends). Seen here in 1-3% of runs under load (harness campaign, 8 jobs).
+KNOWN_RACY_ON_051 = {"multi_threaded", "mixed_concurrency"}
+RACE_SIGNS = ("Service was not ready", "did not finish in")
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +191,12 @@ def python_051() -> Path:
 def _run(python: Path, info: scenarios.ScenarioInfo, env: dict[str, str], index: int):
     env = {**env, "SHUTDOWN_HARNESS_RUN_ID": f"{info.name}/test/{index}"}
     argv = [str(python), str(scenarios.CHILD), str(info.path), "--mode", "none"]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=info.timeout)
+    try:
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=info.timeout)
+    except subprocess.TimeoutExpired as e:  # a hung child: killed by subprocess.run
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return subprocess.CompletedProcess(argv, None, out, err + "\n(timed out)")
 
 
 def _describe(done: subprocess.CompletedProcess[str]) -> str:
@@ -217,6 +228,8 @@ def test_every_scenario_runs_on_051(
                 assert "Terminated: stopped by SIGTERM" in done.stderr
             else:  # SIGINT: KeyboardInterrupt, then Python re-raises SIGINT on itself
                 assert done.stderr.rstrip().endswith("KeyboardInterrupt"), _describe(done)
+        elif name in KNOWN_RACY_ON_051 and (done.returncode, marker) != (0, True):
+            assert any(sign in done.stderr for sign in RACE_SIGNS), _describe(done)
         elif name in KNOWN_TO_CRASH_ON_051:
             assert marker, _describe(done)  # the work completes; only finalization may crash
             assert done.returncode == 0 or done.returncode in FINALIZATION_SIGNALS, _describe(
@@ -224,10 +237,12 @@ def test_every_scenario_runs_on_051(
             )
         else:
             assert (done.returncode, marker) == (0, True), _describe(done)
+    if name in KNOWN_RACY_ON_051:  # the scenario itself works: at least one run is clean
+        assert any(d.returncode == 0 and MARKER in d.stdout for d in runs)
     if name == "signal_exit":  # seed 7 picks SIGINT, SIGTERM, SIGINT for runs 0, 1, 2
         assert sorted(done.returncode for done in runs) == [-2, -2, 1]
 
 
 def test_expectations_name_real_scenarios() -> None:
     names = {info.name for info in scenarios.builtin()}
-    assert DELIBERATE | KNOWN_TO_CRASH_ON_051 <= names
+    assert DELIBERATE | KNOWN_TO_CRASH_ON_051 | KNOWN_RACY_ON_051 <= names
