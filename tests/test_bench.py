@@ -1,0 +1,62 @@
+"""bench/run.py runs end to end with tiny sizes and prints its table (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+
+
+def _bench(tmp_path: Path, *args: str) -> tuple[str, dict]:
+    raw = tmp_path / "raw.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--reps", "1", "--cost-runs", "1", "--json", str(raw), *args],
+        capture_output=True, text=True, timeout=240,
+    )
+    # 0: every target met, 1: some missed (tiny samples); anything else is a failure of the bench.
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    return proc.stdout, json.loads(raw.read_text())
+
+
+def _rows(table: str) -> dict[str, list[str]]:
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| measurement | result | target | met |"
+    rows = {}
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 4, line
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_trivial_child_and_memory(tmp_path: Path) -> None:
+    out, raw = _bench(tmp_path, "--only", "trivial,memory", "--trivial-runs", "3",
+                      "--memory-runs", "2,5", "--memory-child", "true")
+    rows = _rows(out)
+    names = list(rows)
+    assert names[0].startswith("throughput vs `xargs -P ")
+    assert any(n.startswith("harness CPU per run (own process") for n in names)
+    assert any(n.startswith("machine limit, `python -c pass`") for n in names)
+    assert rows["harness peak RSS, 5 runs of `true`"][0].endswith("x)")
+    # Every harness campaign really recorded its runs, and the harness's own numbers are there.
+    trivial = raw["throughput trivial"]["harness"][0]
+    assert trivial["runs"] == 3 and trivial["cpu_s"] > 0 and trivial["max_rss_kb"] > 10_000
+    assert len(raw["throughput trivial"]["xargs_s"]) == 1
+    assert {int(k) for k in raw["memory"]} == {2, 5}
+    assert raw["memory"]["5"]["runs"] == 5
+
+
+@pytest.mark.etcd
+def test_ultra_rapid_rows_against_a_real_etcd(tmp_path: Path) -> None:
+    out, raw = _bench(tmp_path, "--only", "ultra", "--ultra-runs", "2")
+    rows = _rows(out)
+    assert not any(cells[0].startswith("skipped") for cells in rows.values()), out
+    assert any("sequential `subprocess.run` loop" in name for name in rows)
+    cost = next(cells[0] for name, cells in rows.items() if name.startswith("child cost"))
+    assert "imports" in cost and "finalization with the client" in cost
+    assert len(raw["throughput ultra_rapid"]["sequential_s"]) == 1
