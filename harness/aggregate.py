@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import stats
 from harness.errors import UsageError
+from harness.store import CAMPAIGN, RESULTS, iter_records, read_campaign
 
 __all__ = [
     "FAILURE_CATEGORIES",
@@ -41,67 +42,11 @@ __all__ = [
     "load_campaign",
 ]
 
-RESULTS = "results.jsonl"
-CAMPAIGN = "campaign.json"
 FAILURE_CATEGORIES = ("crash", "error", "hang")
 CATEGORIES = ("clean", *FAILURE_CATEGORIES, "infra")
 _EXEMPLAR_KEYS = ("run_id", "category", "outcome", "signal", "returncode", "phase", "stderr_tail",
                   "artifacts", "frames", "backtrace", "exception", "notes", "client_version",
                   "python")
-
-
-def iter_records(path: Path, notes: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Records of a results.jsonl, one at a time; a torn last line is dropped (and noted)."""
-    try:
-        f = path.open("rb")
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    with f:
-        pending: tuple[int, bytes] | None = None
-        for lineno, line in enumerate(f, 1):
-            if pending is not None:
-                yield _parse(path, *pending, last=False)
-            pending = (lineno, line) if line.strip() else None
-        if pending is not None:
-            try:
-                yield _parse(path, *pending, last=True)
-            except _TornLine:
-                if notes is not None:
-                    notes.append(f"{path.name}: dropped a torn last line (line {pending[0]})")
-
-
-class _TornLine(Exception):
-    pass
-
-
-def _parse(path: Path, lineno: int, line: bytes, *, last: bool) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        if last:
-            raise _TornLine from None
-        raise UsageError(f"{path}:{lineno}: not a JSON record") from None
-    if not isinstance(record, dict) or not all(
-        isinstance(record.get(k), str) for k in ("scenario", "strategy", "category")
-    ):
-        if last and not line.endswith(b"\n"):
-            raise _TornLine
-        raise UsageError(f"{path}:{lineno}: a record needs scenario, strategy and category")
-    return record
-
-
-def read_campaign(directory: Path) -> dict[str, Any]:
-    """DIR/campaign.json, or {} when the folder has none."""
-    path = directory / CAMPAIGN
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} is not a JSON object")
-    return data
 
 
 def _load_key(load: Any) -> tuple[Any, ...] | None:
@@ -445,11 +390,11 @@ def load_campaign(directory: Path) -> Aggregate:
     if not results.exists():
         raise UsageError(f"no {RESULTS} in {directory}")
     notes: list[str] = []
-    campaign = read_campaign(directory)
+    campaign = read_campaign(directory, missing_ok=True)
     if not campaign:
         notes.append(f"no {CAMPAIGN} in {directory}: plan, versions and environment unknown")
     _note_merge(campaign, notes)
-    return aggregate(iter_records(results, notes), campaign, notes, directory)
+    return aggregate(iter_records(directory, notes), campaign, notes, directory)
 
 
 def _note_merge(campaign: dict[str, Any], notes: list[str]) -> None:

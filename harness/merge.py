@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.aggregate import CAMPAIGN, RESULTS, iter_records, read_campaign
 from harness.errors import UsageError
+from harness.store import CAMPAIGN, RESULTS, iter_records, read_campaign
 
 __all__ = ["merge", "check_compatible", "plan_key"]
 
@@ -99,7 +99,7 @@ def merge(dirs: list[Path], out: Path) -> None:
     for d in dirs:
         if not (d / RESULTS).is_file() and not (d / CAMPAIGN).is_file():
             raise UsageError(f"not a campaign folder: {d}")
-        campaign = read_campaign(d)
+        campaign = read_campaign(d, missing_ok=True)
         if not campaign:
             raise UsageError(f"{d} has no {CAMPAIGN}: cannot tell which campaign it belongs to")
         campaigns.append((d, campaign))
@@ -113,8 +113,7 @@ def merge(dirs: list[Path], out: Path) -> None:
         for d, campaign in campaigns:
             notes: list[str] = []
             count = duplicates = 0
-            results = d / RESULTS
-            for record in iter_records(results, notes) if results.exists() else iter(()):
+            for record in iter_records(d, notes):
                 run_id = record.get("run_id")
                 if isinstance(run_id, str):
                     if run_id in seen:

@@ -41,30 +41,67 @@ def artifact_dir_name(run_id: str) -> str:
     return run_id.replace("/", "_").replace(os.sep, "_")
 
 
-def read_campaign(folder: Path) -> dict[str, Any]:
+def read_campaign(folder: Path, missing_ok: bool = False) -> dict[str, Any]:
+    """``folder/campaign.json``; with ``missing_ok``, {} when the folder has none."""
     path = folder / CAMPAIGN
+    if missing_ok and not path.exists():
+        return {}
     try:
-        campaign: dict[str, Any] = json.loads(path.read_text())
-        return campaign
+        campaign = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{folder} holds no campaign ({CAMPAIGN} is missing)") from None
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read {path}: {e}") from None
+    if not isinstance(campaign, dict):
+        raise UsageError(f"{path} is not a JSON object")
+    return campaign
 
 
-def iter_records(folder: Path) -> Iterator[dict[str, Any]]:
-    """Stream the records of ``folder/results.jsonl``, skipping a torn last line."""
+def iter_records(folder: Path, notes: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Stream the records of ``folder/results.jsonl`` (none when it does not exist).
+
+    A torn last line (the harness killed mid-write) is dropped, and said in ``notes``; a
+    damaged line elsewhere is a UsageError: the file was changed by something else.
+    """
     path = folder / RESULTS
-    if not path.exists():
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
         return
-    with path.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break  # torn by a crash mid-write; the run will be redone on resume
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        pending: tuple[int, bytes] | None = None
+        for lineno, line in enumerate(f, 1):
+            if pending is not None:
+                yield _parse(path, *pending, last=False)
+            pending = (lineno, line) if line.strip() else None
+        if pending is not None:
             try:
-                yield json.loads(line)
-            except ValueError:
-                continue
+                yield _parse(path, *pending, last=True)
+            except _TornLine:
+                if notes is not None:
+                    notes.append(f"{path.name}: dropped a torn last line (line {pending[0]})")
+
+
+class _TornLine(Exception):
+    pass
+
+
+def _parse(path: Path, lineno: int, line: bytes, *, last: bool) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        if last:
+            raise _TornLine from None
+        raise UsageError(f"{path}:{lineno}: not a JSON record") from None
+    if not isinstance(record, dict) or not all(
+        isinstance(record.get(k), str) for k in ("run_id", "scenario", "strategy", "category")
+    ):
+        if last and not line.endswith(b"\n"):
+            raise _TornLine
+        raise UsageError(f"{path}:{lineno}: a record needs run_id, scenario, strategy, category")
+    return record
 
 
 def _drop_torn_tail(path: Path) -> None:

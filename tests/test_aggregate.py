@@ -34,10 +34,10 @@ def test_malformed_line_in_the_middle_is_an_error(tmp_path: Path) -> None:
     good = json.dumps(synth.record("s", "a", 0))
     path.write_text(f"{good}\nnot json\n{good}\n")
     with pytest.raises(UsageError, match="results.jsonl:2"):
-        list(iter_records(path))
+        list(iter_records(tmp_path))
     path.write_text(f"{good}\n{good[:-5]}")
     notes: list[str] = []
-    assert len(list(iter_records(path, notes))) == 1 and notes
+    assert len(list(iter_records(tmp_path, notes))) == 1 and notes
 
 
 def test_runs_under_different_load_are_never_pooled(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def test_two_shards_merge_into_the_unsharded_campaign(tmp_path: Path) -> None:
     merge([one, two], tmp_path / "merged")
     merged = tmp_path / "merged"
 
-    ids = [r["run_id"] for r in iter_records(merged / "results.jsonl")]
+    ids = [r["run_id"] for r in iter_records(merged)]
     assert len(ids) == len(set(ids)) == 3 * RUNS
     assert set(ids) == {s.run_id for s in iter_plan(CELLS, RUNS)}
     assert read_campaign(merged)["plan"] == read_campaign(whole)["plan"]
