@@ -395,6 +395,7 @@ class CoreDecision:
 @dataclass
 class _Group:
     analysed: int = 0
+    pending: int = 0  # said yes to, not recorded yet (gdb runs in the background)
     signatures: dict[str, int] = field(default_factory=dict)
     frames: dict[str, list[str] | None] = field(default_factory=dict)
     kept: dict[str, int] = field(default_factory=dict)
@@ -444,13 +445,17 @@ class CoreBudget:
         """Whether the core of a run in group ``key`` should go through gdb."""
         with self._lock:
             group = self._groups.setdefault(key, _Group())
-            if group.analysed < self.exemplars:
-                return CoreDecision(True, f"exemplar {group.analysed + 1}/{self.exemplars}")
+            if group.analysed + group.pending < self.exemplars:
+                group.pending += 1
+                return CoreDecision(
+                    True, f"exemplar {group.analysed + group.pending}/{self.exemplars}"
+                )
             if not unspecific:
                 self._skipped += 1
                 return CoreDecision(False, "enough exemplars for this signature")
             elapsed = max(self._clock() - self._start, 1e-9)
             if self._gdb_seconds <= self.max_gdb_share * elapsed:
+                group.pending += 1
                 return CoreDecision(True, "stderr is not specific: the backtrace names it")
             self._skipped += 1
             return CoreDecision(False, f"gdb time budget ({self.max_gdb_share:.0%}) spent")
@@ -460,10 +465,17 @@ class CoreBudget:
         """Note the outcome of one analysis (the verdict after the backtrace)."""
         with self._lock:
             group = self._groups.setdefault(key, _Group())
+            group.pending = max(0, group.pending - 1)
             group.analysed += 1
             group.signatures[signature] = group.signatures.get(signature, 0) + 1
             group.frames.setdefault(signature, frames)
             self._gdb_seconds += gdb_seconds
+
+    def abandon(self, key: str) -> None:
+        """An analysis that was decided but failed (gdb error): free its place."""
+        with self._lock:
+            group = self._groups.setdefault(key, _Group())
+            group.pending = max(0, group.pending - 1)
 
     def keep_core(self, key: str, signature: str, size: int) -> bool:
         """Whether to keep this (analysed) core as an artifact; counts it when so."""

@@ -458,6 +458,7 @@ class _Executor:
                 key, verdict.signature, core.stat().st_size
             )
         except Exception as e:  # noqa: BLE001 - a failed analysis must not lose the run
+            self.core_budget.abandon(key)
             record["backtrace"] = f"unavailable: gdb failed: {e}"
         self._finish(record, stdout, stderr, text, core, keep_core)
 
@@ -530,7 +531,9 @@ def execute(c: Campaign) -> None:
     )
     done = c.store.done
     try:
-        with ProgressView(c.tally, planned, stream=c.stream, already=len(done)) as view:
+        with ProgressView(
+            c.tally, planned, stream=c.stream, already=len(done), adaptive=cell_done is not None
+        ) as view:
             executor = _Executor(c, view)
             try:
                 c.completed = engine.run(

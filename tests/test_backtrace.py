@@ -200,3 +200,13 @@ def test_run_gdb_reports_a_bad_core_in_one_line(tmp_path: Path) -> None:
     bogus.write_bytes(b"not a core")
     with pytest.raises(RuntimeError, match="gdb gave no backtrace"):
         run_gdb(bogus, Path(os.path.realpath(sys.executable)), timeout=60)
+
+
+def test_core_budget_counts_analyses_still_in_flight() -> None:
+    # gdb runs in the background: decisions made before any result comes back count too,
+    # or every crash of a burst would be taken for one of the first exemplars.
+    budget = CoreBudget(exemplars=3)
+    decisions = [budget.decide("cell/gilstate", unspecific=False) for _ in range(5)]
+    assert [d.analyse for d in decisions] == [True, True, True, False, False]
+    budget.abandon("cell/gilstate")  # one gdb failed: its place is free again
+    assert budget.decide("cell/gilstate", unspecific=False).analyse
