@@ -54,7 +54,7 @@ def stress(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "harness", "scenarios", "tests", "bench",
+    session.run("ruff", "check", "harness", "scenarios", "tests", "bench", "examples",
                 "noxfile.py", "conftest.py")
 
 

@@ -450,9 +450,11 @@ def build_bundle(directory: Path, out: Path, gates: dict[str, Any] | None = None
         (out / "REPRODUCE-MISSING.txt").write_text(f"{e}\n", encoding="utf-8")
     (out / "ISSUE.md").write_text(_issue(data, cell, has_reproducer), encoding="utf-8")
     argv = [str(a) for a in agg.campaign.get("argv") or []]
+    if argv[:1] != ["shutdown-harness"]:  # campaign.json stores the program name first
+        argv = ["shutdown-harness", *argv]
     (out / "COMMAND.txt").write_text(
         "# rerun the whole campaign with shutdown-harness\n" + command_line(agg) + "\n"
-        + "# as originally run\n" + shlex.join(["shutdown-harness", *argv]) + "\n",
+        + "# as originally run\n" + shlex.join(argv) + "\n",
         encoding="utf-8")
     for name in ("results.jsonl", "campaign.json"):
         if (directory / name).is_file():

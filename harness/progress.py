@@ -67,9 +67,11 @@ class ProgressView:
         interval: float | None = None,
         live: bool | None = None,
         already: int = 0,
+        adaptive: bool = False,
     ) -> None:
         self.tally = tally
         self.planned = planned
+        self.adaptive = adaptive  # cells may stop early: `planned` is then a cap
         self.stream = stream or sys.stdout
         # Plain status every 5 s by default (SHUTDOWN_HARNESS_STATUS_INTERVAL overrides).
         self.interval = interval or float(os.environ.get("SHUTDOWN_HARNESS_STATUS_INTERVAL", 5))
@@ -122,7 +124,8 @@ class ProgressView:
 
     def status_line(self) -> str:
         return (
-            f"{self._done}/{self.planned} runs, {self.rate():.1f}/s, "
+            f"{self._done}/{'at most ' if self.adaptive else ''}{self.planned} runs, "
+            f"{self.rate():.1f}/s, "
             f"{Tally.describe(self.tally.total)}"
         )
 
