@@ -30,7 +30,6 @@ import resource
 import selectors
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ from pathlib import Path
 __all__ = ["Job", "Exit", "Engine", "raise_core_limit"]
 
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+#: Python ignores these; a child must get them back at their default, as subprocess does.
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +153,7 @@ class _Slot:
 @dataclass(slots=True)
 class _Running:
     job: Job
-    popen: subprocess.Popen[bytes]
+    pid: int
     slot: _Slot
     output: _Output
     started: float
@@ -210,6 +211,7 @@ class Engine:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._devnull = -1
+        self._home = -1
 
     def stop(self) -> None:
         """Stop spawning and kill running children. Safe in a signal handler."""
@@ -234,35 +236,39 @@ class Engine:
         except OSError as e:
             return Exit(job, 0, None, False, 0.0, started_at, slot.workdir, Path(os.devnull),
                         Path(os.devnull), error=f"cannot start: cannot create its output: {e}")
+        actions = [
+            (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+            (os.POSIX_SPAWN_DUP2, output.fds[0], 1),
+            (os.POSIX_SPAWN_DUP2, output.fds[1], 2),
+        ]
+        env = os.environ if job.env is None else job.env
+        # posix_spawn has no "cwd": the child inherits ours, so step into the slot and back.
+        # Only this thread changes it, and every path the harness uses is absolute.
+        os.chdir(slot.workdir)
         try:
-            popen = subprocess.Popen(
-                job.argv,
-                stdin=self._devnull,
-                stdout=output.fds[0],
-                stderr=output.fds[1],
-                cwd=slot.workdir,
-                env=job.env,
-                process_group=0,
-                close_fds=True,
+            pid = os.posix_spawnp(
+                job.argv[0], job.argv, env, file_actions=actions, setpgroup=0,
+                setsigdef=_DEFAULT_SIGNALS,
             )
         except OSError as e:
             output.close()
             return Exit(job, 0, None, False, 0.0, started_at, slot.workdir, Path(output.stdout),
                         Path(output.stderr), error=f"cannot start: {e}")
+        finally:
+            os.fchdir(self._home)
         output.close()  # the child has its own copies
         if job.cpus:
             try:
-                os.sched_setaffinity(popen.pid, job.cpus)
+                os.sched_setaffinity(pid, job.cpus)
             except OSError:
                 pass  # the child already exited: nothing to pin
-        return _Running(job, popen, slot, output, started, started_at, started + job.timeout)
+        return _Running(job, pid, slot, output, started, started_at, started + job.timeout)
 
     def _reap(self, run: _Running) -> Exit:
-        pid = run.popen.pid
+        pid = run.pid
         _, status, usage = os.wait4(pid, 0)
         duration = time.monotonic() - run.started
         returncode = os.waitstatus_to_exitcode(status)
-        run.popen.returncode = returncode  # so Popen never waits on it again
         _killpg(pid)  # grandchildren die with the run
         return Exit(
             job=run.job,
@@ -285,14 +291,14 @@ class Engine:
             run.deadline = now + self.grace
             if run.job.dump_signal is not None:
                 try:
-                    os.kill(run.popen.pid, run.job.dump_signal)
+                    os.kill(run.pid, run.job.dump_signal)
                     return
                 except ProcessLookupError:
                     return
         if not run.killed:
             run.killed = True
             run.deadline = now + 60.0  # reaped as soon as the kernel reports it
-            _killpg(run.popen.pid)
+            _killpg(run.pid)
 
     def run(self, jobs: Iterable[Job], on_exit: Callable[[Exit], None]) -> bool:
         """Run every job; ``on_exit`` is called for each in this thread. True if all ran."""
@@ -305,6 +311,7 @@ class Engine:
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._home = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
         exhausted = False
 
         def fill() -> None:
@@ -323,7 +330,7 @@ class Engine:
                         _forget(spawned)
                         free.append(slot)
                     continue
-                pidfd = os.pidfd_open(spawned.popen.pid)
+                pidfd = os.pidfd_open(spawned.pid)
                 selector.register(pidfd, selectors.EVENT_READ)
                 running[pidfd] = spawned
 
@@ -363,19 +370,20 @@ class Engine:
                         self._expire(run, now)
         finally:
             for pidfd, run in running.items():
-                _killpg(run.popen.pid)
-                os.wait4(run.popen.pid, 0)
-                run.popen.returncode = -signal.SIGKILL
+                _killpg(run.pid)
+                os.wait4(run.pid, 0)
                 selector.unregister(pidfd)
                 os.close(pidfd)
                 run.output.remove()
-                run.slot.set_aside(run.popen.pid)
+                run.slot.set_aside(run.pid)
             for slot in slots:
                 slot.discard()
                 _empty(str(slot.exited))
             selector.close()
             os.close(self._devnull)
             self._devnull = -1
+            os.close(self._home)
+            self._home = -1
         return exhausted and not self.stopped
 
 

@@ -135,7 +135,7 @@ def read(path: Path, name: str | None = None) -> ScenarioInfo:
 
     return ScenarioInfo(
         name=name or path.stem,
-        path=path,
+        path=path.absolute(),  # children run in their own folder
         summary=summary.strip(),
         description=description.strip(),
         services=tuple(dict.fromkeys(services)),

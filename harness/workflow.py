@@ -122,6 +122,7 @@ RUNTIME_OPTIONS = ("jobs",)
 
 def open_campaign(c: Campaign) -> None:
     """Check the campaign folder, or reopen it with --resume (its stored plan wins)."""
+    c.out = c.out.absolute()  # the engine steps into slot folders to start children
     c.store = ResultStore(c.out, keep_per_signature=c.plan.get("keep_artifacts", 3))
     if not c.resume:
         c.store.check_new()
@@ -177,8 +178,9 @@ def plan_cells(c: Campaign) -> None:
     base_env = dict(os.environ)
     seed = str(c.plan["seed"])
     base_env["SHUTDOWN_HARNESS_SEED"] = seed
+    base_env["SHUTDOWN_HARNESS_CWD"] = os.getcwd()  # where the harness was started
     if c.plan.get("command"):
-        command = tuple(shlex.split(c.plan["command"]))
+        command = tuple(_absolute_files(shlex.split(c.plan["command"])))
         env = {**base_env, "PYTHONFAULTHANDLER": "1"}
         exe = _which(command[0])
         c.cells[(COMMAND_SCENARIO, COMMAND_STRATEGY)] = Cellinfo(
@@ -228,6 +230,18 @@ def plan_cells(c: Campaign) -> None:
 def _client_version(strategy: Any, versions: dict[str, str]) -> str | None:
     found = [f"{d}=={versions[d]}" for d in strategy.distributions if d in versions]
     return "+".join(found) or None
+
+
+def _absolute_files(argv: list[str]) -> list[str]:
+    """Arguments naming an existing file or folder, relative to here, made absolute: the
+    children run in their own working folders (where their core files land)."""
+    out = []
+    for i, arg in enumerate(argv):
+        relative_program = i == 0 and "/" in arg
+        if not os.path.isabs(arg) and (relative_program or (i and os.path.exists(arg))):
+            arg = os.path.abspath(arg)
+        out.append(arg)
+    return out
 
 
 def _which(program: str) -> str | None:
