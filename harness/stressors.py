@@ -29,6 +29,7 @@ __all__ = [
     "apply_pin",
     "parse_exit_delay",
     "load_label",
+    "plan_load",
     "same_load",
     "describe_load",
 ]
@@ -130,6 +131,11 @@ def load_label(
         "pin": format_cpus(pinned) if pinned else None,
         "exit_delay": float(exit_delay or 0.0),
     }
+
+
+def plan_load(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """The load label of a campaign's plan (its ``jobs``, ``pin_cpus`` and ``exit_delay``)."""
+    return load_label(plan["jobs"], pin=plan.get("pin_cpus"), exit_delay=plan.get("exit_delay"))
 
 
 _COMPARED = ("jobs_per_cpu", "pin", "exit_delay")

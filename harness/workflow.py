@@ -1,7 +1,10 @@
 """The ``run`` pipeline, as a list of small tasks in one visible order.
 
-    open_campaign -> start_services -> prepare_strategies -> plan_cells -> execute
-        -> summarize -> write_reports
+    open_campaign -> start_services -> prepare_strategies -> plan_cells -> write_campaign_file
+        -> execute -> summarize -> write_reports
+
+``execute`` feeds the plan to the engine (harness/engine.py); every exit goes to the recorder
+(harness/recorder.py), which classifies it and stores the record.
 
 Each task takes the :class:`Campaign` built so far and adds to it; :func:`run` calls them in
 order and always stops the services and closes the store, also on Ctrl-C / SIGTERM.
@@ -14,20 +17,18 @@ import platform
 import shlex
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from harness import MARKER, __version__, stressors
-from harness.engine import Engine, Exit, Job, raise_core_limit
+from harness import __version__, stressors
+from harness.engine import Engine, raise_core_limit
 from harness.errors import EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, UsageError
-from harness.plan import Cell, RunSpec, iter_plan, plan_size
+from harness.plan import Cell, iter_plan, plan_size
 from harness.progress import ProgressView, Tally
+from harness.recorder import Recorder, now_iso
 from harness.store import ResultStore, iter_records
 
 __all__ = ["Campaign", "run", "TASKS", "COMMAND_SCENARIO", "COMMAND_STRATEGY"]
@@ -35,10 +36,6 @@ __all__ = ["Campaign", "run", "TASKS", "COMMAND_SCENARIO", "COMMAND_STRATEGY"]
 COMMAND_SCENARIO = "command"
 COMMAND_STRATEGY = "host"
 CHILD = Path(__file__).with_name("child.py")
-_STDOUT_LIMIT = 4 << 20
-_STDERR_HEAD = 64 << 10
-_STDERR_TAIL = 256 << 10
-_TAIL_CHARS = 2000
 
 
 @dataclass
@@ -107,12 +104,6 @@ def environment() -> dict[str, Any]:
         "core_pattern": core_pattern,
         "harness": __version__,
     }
-
-
-def load_label(plan: dict[str, Any]) -> dict[str, Any]:
-    return stressors.load_label(
-        plan["jobs"], pin=plan.get("pin_cpus"), exit_delay=plan.get("exit_delay")
-    )
 
 
 # -- tasks ---------------------------------------------------------------------------------
@@ -259,7 +250,7 @@ def write_campaign_file(c: Campaign) -> None:
     c.store.create(
         {
             "format": 1,
-            "created_at": _now_iso(),
+            "created_at": now_iso(),
             "argv": c.argv,
             "plan": c.plan,
             "strategies": {
@@ -285,241 +276,9 @@ def write_campaign_file(c: Campaign) -> None:
             "not_applicable": c.not_applicable,
             "environment": environment(),
             "services": c.services.describe() if c.services is not None else {},
-            "load": load_label(c.plan),
+            "load": stressors.plan_load(c.plan),
         }
     )
-
-
-def _now_iso(ts: float | None = None) -> str:
-    moment = datetime.fromtimestamp(ts, UTC) if ts is not None else datetime.now(UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _read_limited(path: Path, head: int, tail: int) -> str:
-    try:
-        with path.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(0)
-            if size <= head + tail:
-                data = f.read()
-            else:
-                first = f.read(head)
-                f.seek(size - tail)
-                data = first + b"\n[... %d bytes cut ...]\n" % (size - head - tail) + f.read()
-    except OSError:
-        return ""
-    return data.decode("utf-8", errors="replace")
-
-
-class _Executor:
-    """Turns engine exits into records: classify, backtraces, artifacts, store, progress."""
-
-    def __init__(self, c: Campaign, view: ProgressView) -> None:
-        from harness import backtrace as bt
-        from harness.classify import classify, needs_backtrace
-
-        self.c = c
-        self.view = view
-        self.classify = classify
-        self.needs_backtrace = needs_backtrace
-        self.bt = bt
-        self.specs: dict[str, RunSpec] = {}
-        self.load = load_label(c.plan)
-        self.lock = threading.Lock()
-        self.command = bool(c.plan.get("command"))
-        cores_wanted = c.plan.get("cores", "auto") != "off"
-        self.no_core_reason = bt.core_dump_unavailable() if cores_wanted else "--cores off"
-        self.no_gdb_reason = bt.gdb_available()
-        self.core_budget = bt.CoreBudget(exemplars=c.plan.get("cores_per_signature", 3))
-        self.analysis = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdb")
-        self.core_dir = c.out / ".cores"
-
-    def jobs(self, specs: Callable[[], Any]) -> Any:
-        for spec in specs():
-            if self.c.deadline is not None and time.monotonic() > self.c.deadline:
-                self.c.say("deadline reached: no new runs")
-                return
-            info = self.c.cells[spec.cell]
-            self.specs[spec.run_id] = spec
-            env = info.env.copy()
-            env["SHUTDOWN_HARNESS_RUN_ID"] = spec.run_id
-            yield Job(
-                run_id=spec.run_id,
-                argv=info.argv,
-                timeout=info.timeout,
-                env=env,
-                dump_signal=info.dump_signal,
-                cpus=frozenset(self.c.plan["pin_cpus"]) if self.c.plan.get("pin_cpus") else None,
-            )
-
-    def on_exit(self, ex: Exit) -> None:
-        spec = self.specs.pop(ex.job.run_id)
-        info = self.c.cells[spec.cell]
-        stdout = _read_limited(ex.stdout_path, 0, _STDOUT_LIMIT)
-        stderr = _read_limited(ex.stderr_path, _STDERR_HEAD, _STDERR_TAIL)
-        if ex.error:
-            stderr = f"{stderr}\nshutdown-harness: {ex.error}".strip()
-        work_done = MARKER in stdout
-        core = ex.core_path
-        verdict = self.classify(
-            returncode=ex.returncode,
-            stderr=stderr,
-            stdout=stdout,
-            timed_out=ex.timed_out,
-            work_done=None if self.command else work_done,
-            marker_expected=not self.command,
-            backtrace_unavailable=None if core else self.no_core_reason,
-        )
-        record: dict[str, Any] = {
-            "run_id": spec.run_id,
-            "scenario": spec.scenario,
-            "strategy": spec.strategy,
-            "index": spec.index,
-            "returncode": ex.returncode,
-            "signal": verdict.signal,
-            "timed_out": ex.timed_out,
-            "work_done": work_done,
-            "duration_s": round(ex.duration_s, 4),
-            **_verdict_fields(verdict),
-            "stderr_tail": stderr[-_TAIL_CHARS:],
-            "load": self.load,
-            "python": info.python,
-            "client_version": info.client_version,
-            "started_at": _now_iso(ex.started_at),
-            "cpu_s": round(ex.cpu_s, 4),
-            "max_rss_kb": ex.max_rss_kb,
-            "backtrace": None,
-        }
-        if verdict.category != "clean" and self._service_down(info, record):
-            self._finish(record, stdout, stderr, None, core)
-            return
-        if core is not None and verdict.category == "crash":
-            key = f"{spec.scenario}/{spec.strategy}/{verdict.signature}"
-            unspecific = self.needs_backtrace(verdict)
-            decision = self.core_budget.decide(key, unspecific)
-            if decision.analyse and info.executable and not self.no_gdb_reason:
-                # gdb takes ~0.6 s: analyse in the background and free the slot now.
-                self.core_dir.mkdir(exist_ok=True)
-                kept = self.core_dir / f"{ex.pid}.core"
-                os.replace(core, kept)
-                self.analysis.submit(
-                    self._analyse, key, record, ex, stdout, stderr, kept, info, decision.reason
-                )
-                return
-            why = self.no_gdb_reason or decision.reason
-            if unspecific:
-                verdict = self.core_budget.infer(key, verdict)
-                record.update(_verdict_fields(verdict))
-            record["backtrace"] = f"unavailable: {why}"
-        elif verdict.category == "crash":
-            record["backtrace"] = f"unavailable: {self.no_core_reason or 'no core file'}"
-        self._finish(record, stdout, stderr, None, core)
-
-    def _service_down(self, info: Cellinfo, record: dict[str, Any]) -> bool:
-        services = self.c.services
-        if services is None or not info.services:
-            return False
-        health = services.healthy()
-        down = sorted(kind for kind in info.services if not health.get(kind, True))
-        if not down:
-            return False
-        record.update(
-            category="infra",
-            outcome="infra",
-            signature=f"infra-service-down:{'+'.join(down)}",
-            phase="unknown",
-        )
-        record.setdefault("notes", []).append(
-            f"{', '.join(down)} was down after this run: not counted as a crash"
-        )
-        for kind in down:
-            self.c.say(f"{kind} went down; restarting it")
-            services.restart(kind)
-        return True
-
-    def _analyse(
-        self,
-        key: str,
-        record: dict[str, Any],
-        ex: Exit,
-        stdout: str,
-        stderr: str,
-        core: Path,
-        info: Cellinfo,
-        reason: str,
-    ) -> None:
-        text: str | None = None
-        keep_core = False
-        try:
-            assert info.executable is not None
-            started = time.monotonic()
-            text = self.bt.run_gdb(core, Path(info.executable))
-            verdict = self.classify(
-                returncode=ex.returncode,
-                stderr=stderr,
-                stdout=stdout,
-                timed_out=ex.timed_out,
-                work_done=None if self.command else record["work_done"],
-                marker_expected=not self.command,
-                backtrace=text,
-            )
-            self.core_budget.record(
-                key, verdict.signature, verdict.frames, time.monotonic() - started
-            )
-            record.update(_verdict_fields(verdict.with_note(f"core analysed: {reason}")))
-            record["backtrace"] = "gdb"
-            keep_core = bool(self.c.plan.get("keep_cores")) and self.core_budget.keep_core(
-                key, verdict.signature, core.stat().st_size
-            )
-        except Exception as e:  # noqa: BLE001 - a failed analysis must not lose the run
-            self.core_budget.abandon(key)
-            record["backtrace"] = f"unavailable: gdb failed: {e}"
-        self._finish(record, stdout, stderr, text, core, keep_core)
-
-    def _finish(
-        self,
-        record: dict[str, Any],
-        stdout: str,
-        stderr: str,
-        backtrace: str | None,
-        core: Path | None,
-        keep_core: bool = False,
-    ) -> None:
-        assert self.c.store is not None
-        with self.lock:
-            if self.c.store.wants_artifacts(record):
-                files: dict[str, Path | str] = {"stdout.txt": stdout, "stderr.txt": stderr}
-                if backtrace:
-                    files["backtrace.txt"] = backtrace
-                if core is not None and keep_core:
-                    files["core"] = core
-                record["artifacts"] = self.c.store.keep_artifacts(record, files)
-            if core is not None and core.exists() and core.parent == self.core_dir:
-                core.unlink()
-            self.c.store.append(record)
-            self.c.tally.add(record)
-            self.view.update(record)
-
-    def close(self) -> None:
-        self.analysis.shutdown(wait=True)
-
-
-def _verdict_fields(verdict: Any) -> dict[str, Any]:
-    fields = {
-        "category": verdict.category,
-        "outcome": verdict.outcome,
-        "signature": verdict.signature,
-        "phase": verdict.phase,
-        "signal": verdict.signal,
-        "signature_source": verdict.source,
-    }
-    if verdict.exception:
-        fields["exception"] = verdict.exception
-    if verdict.frames:
-        fields["frames"] = verdict.frames
-    if verdict.notes:
-        fields["notes"] = list(verdict.notes)
-    return fields
 
 
 def execute(c: Campaign) -> None:
@@ -548,14 +307,14 @@ def execute(c: Campaign) -> None:
         with ProgressView(
             c.tally, planned, stream=c.stream, already=len(done), adaptive=cell_done is not None
         ) as view:
-            executor = _Executor(c, view)
+            recorder = Recorder(c, view)
             try:
                 c.completed = engine.run(
-                    executor.jobs(lambda: iter_plan(cells, runs, shard, done, cell_done)),
-                    executor.on_exit,
+                    recorder.jobs(iter_plan(cells, runs, shard, done, cell_done)),
+                    recorder.on_exit,
                 )
             finally:
-                executor.close()
+                recorder.close()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
