@@ -454,7 +454,12 @@ class CoreBudget:
                 self._skipped += 1
                 return CoreDecision(False, "enough exemplars for this signature")
             elapsed = max(self._clock() - self._start, 1e-9)
-            if self._gdb_seconds <= self.max_gdb_share * elapsed:
+            # Analyses still queued count at the mean cost so far (1 s before any is done),
+            # so a burst of crashes cannot queue more gdb work than the share allows.
+            analysed = sum(g.analysed for g in self._groups.values())
+            pending = sum(g.pending for g in self._groups.values())
+            mean = self._gdb_seconds / analysed if analysed else 1.0
+            if self._gdb_seconds + pending * mean <= self.max_gdb_share * elapsed:
                 group.pending += 1
                 return CoreDecision(True, "stderr is not specific: the backtrace names it")
             self._skipped += 1

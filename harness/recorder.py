@@ -151,11 +151,12 @@ class Recorder:
                     self._analyse, key, record, ex, stdout, stderr, kept, info, decision.reason
                 )
                 return
-            why = self.no_gdb_reason or decision.reason
-            if unspecific:
-                verdict = self.core_budget.infer(key, verdict)
-                record.update(record_fields(verdict))
-            record["backtrace"] = f"unavailable: {why}"
+            record["backtrace"] = f"unavailable: {self.no_gdb_reason or decision.reason}"
+            if unspecific and not self.no_gdb_reason:
+                # Inferred from the analyses queued before this run, once they are done: the
+                # same single worker runs them in order.
+                self.analysis.submit(self._infer, key, record, verdict, stdout, stderr)
+                return
         elif verdict.category == "crash":
             record["backtrace"] = f"unavailable: {self.no_core_reason or 'no core file'}"
         self._finish(record, stdout, stderr, None, core)
@@ -220,6 +221,12 @@ class Recorder:
             self.core_budget.abandon(key)
             record["backtrace"] = f"unavailable: gdb failed: {e}"
         self._finish(record, stdout, stderr, text, core, keep_core)
+
+    def _infer(
+        self, key: str, record: dict[str, Any], verdict: Any, stdout: str, stderr: str
+    ) -> None:
+        record.update(record_fields(self.core_budget.infer(key, verdict)))
+        self._finish(record, stdout, stderr, None, None)
 
     def _finish(
         self,

@@ -143,3 +143,31 @@ def test_adaptive_stop_ends_a_clear_cell_early(tmp_path: Path) -> None:
     count = sum(1 for _ in iter_records(tmp_path / "ad"))
     # 0 failures: the Wilson half-width drops below 5% after ~37 runs (plus runs in flight).
     assert 30 <= count <= 60
+
+
+def test_crashes_beyond_the_gdb_budget_get_the_signature_of_their_exemplars(
+    tmp_path: Path,
+) -> None:
+    from harness.backtrace import core_dump_unavailable, gdb_available
+
+    if gdb_available() or core_dump_unavailable():
+        pytest.skip(f"no native backtraces here: {gdb_available() or core_dump_unavailable()}")
+    behave = Path(__file__).parent / "children" / "behave.py"
+    out = tmp_path / "segv"
+    campaign = _campaign(
+        out, command=f"{sys.executable} {behave} segv", scenarios=None, strategies=None,
+        runs=24, cores_per_signature=2,
+    )
+    assert run(campaign) == 0
+    records = list(iter_records(out))
+    assert len(records) == 24
+    sources = {r["signature_source"] for r in records}
+    signatures = {r["signature"] for r in records}
+    # One crash site, one signature, named from native frames: by gdb for the exemplars, and
+    # inferred from them (never left unclassified) for the cores the budget skipped.
+    assert len(signatures) == 1, signatures
+    (signature,) = signatures
+    assert signature.startswith("native-crash:") and "string_at" in signature
+    assert "frames" in sources and sources <= {"frames", "inferred"}
+    assert sum(r["signature_source"] == "frames" for r in records) >= 2
+    assert not list((out / "artifacts").glob("*/core"))  # cores are not kept by default
