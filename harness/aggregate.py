@@ -24,7 +24,7 @@ from typing import Any
 
 from harness import stats
 from harness.errors import UsageError
-from harness.store import CAMPAIGN, RESULTS, iter_records, read_campaign
+from harness.store import CAMPAIGN, RESULTS, Distinct, iter_records, read_campaign
 
 __all__ = [
     "FAILURE_CATEGORIES",
@@ -318,15 +318,9 @@ def aggregate(records: Iterable[dict[str, Any]], campaign: dict[str, Any] | None
     campaign = campaign or {}
     notes = notes if notes is not None else []
     cells: dict[tuple[str, str, tuple[Any, ...] | None], Cell] = {}
-    seen: set[str] = set()
-    count = duplicates = 0
-    for record in records:
-        run_id = record.get("run_id")
-        if isinstance(run_id, str):
-            if run_id in seen:
-                duplicates += 1
-                continue
-            seen.add(run_id)
+    distinct = Distinct()
+    count = 0
+    for record in distinct(records):
         count += 1
         load = record.get("load")
         key = (record["scenario"], record["strategy"], _load_key(load))
@@ -335,15 +329,17 @@ def aggregate(records: Iterable[dict[str, Any]], campaign: dict[str, Any] | None
             cell = cells[key] = Cell(record["scenario"], record["strategy"], load_label(load),
                                      load if isinstance(load, dict) else None)
         cell.add(record)
-    if duplicates:
-        notes.append(f"{duplicates} records repeated an earlier run_id and were counted once")
+    if distinct.dropped:
+        notes.append(
+            f"{distinct.dropped} records repeated an earlier run_id and were counted once"
+        )
     ordered = _order(list(cells.values()), campaign.get("plan") or {})
     _note_split_loads(ordered, notes)
     infra = sum(c.infra for c in ordered)
     if infra:
         notes.append(f"{infra} infra runs (service or harness failures) are excluded from "
                      "the rates")
-    return Aggregate(campaign, ordered, _comparisons(ordered), notes, count, duplicates,
+    return Aggregate(campaign, ordered, _comparisons(ordered), notes, count, distinct.dropped,
                      directory)
 
 

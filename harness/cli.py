@@ -54,34 +54,26 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _number(kind: type[int] | type[float], minimum: float, strict: bool) -> Any:
+    """An argparse type: a whole number (``int``) or a number, at least (or above) minimum."""
+    what = "a whole number" if kind is int else "a number"
+    bound = f"more than {minimum:g}" if strict else f"at least {minimum:g}"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
+_positive_int = _number(int, 1, strict=False)
+_non_negative_int = _number(int, 0, strict=False)
+_positive_float = _number(float, 0, strict=True)
 
 
 def _halfwidth(text: str) -> float:
@@ -89,8 +81,9 @@ def _halfwidth(text: str) -> float:
 
     try:
         return parse_halfwidth(text)
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+    except UsageError as e:  # argparse names the option itself
+        message = str(e).removeprefix("--until-halfwidth").lstrip(": ")
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _service(kind: str) -> Any:

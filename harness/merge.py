@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UsageError
-from harness.store import CAMPAIGN, RESULTS, iter_records, read_campaign
+from harness.store import CAMPAIGN, RESULTS, Distinct, iter_records, read_campaign
 
 __all__ = ["merge", "check_compatible", "plan_key"]
 
@@ -106,22 +106,18 @@ def merge(dirs: list[Path], out: Path) -> None:
     check_compatible(campaigns)
 
     out.mkdir(parents=True, exist_ok=True)
-    seen: set[str] = set()
+    distinct = Distinct()  # across all folders: a run recorded twice is kept once
     sources: list[dict[str, Any]] = []
     total = 0
     with (out / RESULTS).open("w", encoding="utf-8") as f:
         for d, campaign in campaigns:
             notes: list[str] = []
-            count = duplicates = 0
-            for record in iter_records(d, notes):
-                run_id = record.get("run_id")
-                if isinstance(run_id, str):
-                    if run_id in seen:
-                        duplicates += 1
-                        continue
-                    seen.add(run_id)
+            count = 0
+            dropped_before = distinct.dropped
+            for record in distinct(iter_records(d, notes)):
                 f.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
                 count += 1
+            duplicates = distinct.dropped - dropped_before
             total += count
             _copy_artifacts(d, out)
             sources.append({

@@ -16,7 +16,7 @@ import os
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "ResultStore",
     "read_campaign",
     "iter_records",
+    "Distinct",
     "artifact_dir_name",
 ]
 
@@ -82,6 +83,25 @@ def iter_records(folder: Path, notes: list[str] | None = None) -> Iterator[dict[
             except _TornLine:
                 if notes is not None:
                     notes.append(f"{path.name}: dropped a torn last line (line {pending[0]})")
+
+
+class Distinct:
+    """Passes on the records whose run_id it has not seen yet, and counts the repeats it drops
+    (a record without a run_id passes). One instance can filter several streams (merge)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.dropped = 0
+
+    def __call__(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for record in records:
+            run_id = record.get("run_id")
+            if isinstance(run_id, str):
+                if run_id in self.seen:
+                    self.dropped += 1
+                    continue
+                self.seen.add(run_id)
+            yield record
 
 
 class _TornLine(Exception):
