@@ -40,7 +40,10 @@ def _run_example(pytester: pytest.Pytester, etcd: str, strategy: str) -> pytest.
 
 
 def _artifact_folders(text: str) -> list[Path]:
-    return [Path(p) for p in re.findall(r"^artifacts:\s+(\S+)$", text, re.MULTILINE)]
+    """The distinct artifact folders named in a sub-pytest's output (the short summary may
+    repeat a failure's whole message)."""
+    found = re.findall(r"^artifacts:\s+(\S+)$", text, re.MULTILINE)
+    return [Path(p) for p in dict.fromkeys(found)]
 
 
 @pytest.mark.etcd
