@@ -7,7 +7,6 @@ Exit codes: 0 success; 1 a gate or threshold failed; 2 bad input or an unusable 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import sys
@@ -144,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     evidence.add_argument("--keep-artifacts", type=_non_negative_int, metavar="N",
                           help="full output kept for the first N runs per signature (3)")
     evidence.add_argument("--cores-per-signature", type=_non_negative_int, metavar="N",
-                          help="cores analysed with gdb per signature group (5)")
+                          help="cores analysed with gdb per signature group (3)")
     evidence.add_argument("--no-faulthandler", action="store_true", default=None)
     out = run.add_argument_group("output")
     out.add_argument("--out", type=Path, help="campaign folder (default: reports/<time>/)")
@@ -214,34 +213,37 @@ def _plan_from_args(
         "default-strategies", [config.get("default-strategy", "etcd-0.5.1")]
     )
     from harness.plan import parse_shard
+    from harness.workflow import new_plan
 
     pin = pick("pin")
-    pinned = None
+    shard = parse_shard(pick("shard"))
+    chosen = {
+        "runs": pick("runs"),
+        "jobs": pick("jobs"),
+        "timeout": pick("timeout"),
+        "seed": pick("seed", random.randrange(1 << 31)),
+        "shard": list(shard) if shard else None,
+        "until_halfwidth": pick("until_halfwidth"),
+        "etcd": pick("etcd"),
+        "valkey": pick("valkey"),
+        "pin": pin,
+        "exit_delay": pick("exit_delay"),
+        "cores": pick("cores"),
+        "keep_cores": pick("keep_cores"),
+        "keep_artifacts": pick("keep_artifacts"),
+        "cores_per_signature": pick("cores_per_signature"),
+        "faulthandler": False if pick("no_faulthandler") else None,
+    }
     if pin:
         from harness.stressors import pin_cpus
 
-        pinned = pin_cpus(pin)
-    plan: dict[str, Any] = {
-        "command": args.command,
-        "scenarios": None if args.command is not None else scenarios,
-        "strategies": None if args.command is not None else strategies,
-        "runs": pick("runs"),
-        "jobs": pick("jobs", len(os.sched_getaffinity(0))),
-        "timeout": pick("timeout"),
-        "seed": pick("seed", random.randrange(1 << 31)),
-        "shard": list(s) if (s := parse_shard(pick("shard"))) else None,
-        "until_halfwidth": pick("until_halfwidth"),
-        "etcd": pick("etcd", "auto"),
-        "valkey": pick("valkey", "auto"),
-        "pin": pin,
-        "pin_cpus": pinned,
-        "exit_delay": pick("exit_delay"),
-        "cores": pick("cores", "auto"),
-        "keep_cores": bool(pick("keep_cores", False)),
-        "keep_artifacts": pick("keep_artifacts", 3),
-        "cores_per_signature": pick("cores_per_signature", 5),
-        "faulthandler": not pick("no_faulthandler", False),
-    }
+        chosen["pin_cpus"] = pin_cpus(pin)
+    plan = new_plan(
+        command=args.command,
+        scenarios=None if args.command is not None else scenarios,
+        strategies=None if args.command is not None else strategies,
+        **{key: value for key, value in chosen.items() if value is not None},
+    )
     rename = {"scenario": "scenarios", "strategy": "strategies", "no_faulthandler": "faulthandler"}
     return plan, {rename.get(k, k) for k in given}
 

@@ -437,7 +437,7 @@ class ShutdownStress:
         params: Mapping[str, Any] | None,
     ) -> StressResult:
         from harness import scenarios
-        from harness.workflow import Campaign, run
+        from harness.workflow import Campaign, new_plan, run
 
         if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
             raise UsageError(f"runs must be a positive whole number, not {runs!r}")
@@ -467,27 +467,17 @@ class ShutdownStress:
         strategy = strategy or self._config.getoption("shutdown_strategy", None) or HOST_STRATEGY
         config = self._config_with_host()
         jobs = jobs or _default_jobs(self._config)
-        plan: dict[str, Any] = {
-            "command": None,
-            "scenarios": [spec],
-            "strategies": [strategy],
-            "runs": runs,
-            "jobs": jobs,
-            "timeout": timeout,
-            "seed": seed,
-            "shard": None,
-            "until_halfwidth": None,
-            "etcd": endpoints.get("etcd", "embedded"),
-            "valkey": endpoints.get("valkey", "embedded"),
-            "pin": None,
-            "pin_cpus": None,
-            "exit_delay": exit_delay,
-            "cores": "auto",
-            "keep_cores": False,
-            "keep_artifacts": 3,
-            "cores_per_signature": 3,
-            "faulthandler": True,
-        }
+        plan = new_plan(
+            scenarios=[spec],
+            strategies=[strategy],
+            runs=runs,
+            jobs=jobs,
+            timeout=timeout,
+            seed=seed,
+            etcd=endpoints.get("etcd", "embedded"),
+            valkey=endpoints.get("valkey", "embedded"),
+            exit_delay=exit_delay,
+        )
         log = io.StringIO()
         tally = _DecidingTally(runs, max_rate)
         deadline = _deadline(self._item, timeout)

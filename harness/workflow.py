@@ -31,7 +31,7 @@ from harness.progress import ProgressView, Tally
 from harness.recorder import Recorder, now_iso
 from harness.store import ResultStore, iter_records
 
-__all__ = ["Campaign", "run", "TASKS", "COMMAND_SCENARIO", "COMMAND_STRATEGY"]
+__all__ = ["Campaign", "run", "new_plan", "TASKS", "COMMAND_SCENARIO", "COMMAND_STRATEGY"]
 
 COMMAND_SCENARIO = "command"
 COMMAND_STRATEGY = "host"
@@ -82,6 +82,41 @@ class Campaign:
     def say(self, text: str) -> None:
         self.stream.write(text + "\n")
         self.stream.flush()
+
+
+# -- the plan ------------------------------------------------------------------------------
+def new_plan(**settings: Any) -> dict[str, Any]:
+    """A complete plan: ``settings`` over the defaults that ``run`` uses for options not given.
+
+    ``runs``/``timeout`` None mean each scenario's own defaults; ``seed`` is fixed here, the
+    command line draws a random one and stores it.
+    """
+    plan: dict[str, Any] = {
+        "command": None,
+        "scenarios": None,
+        "strategies": None,
+        "runs": None,
+        "jobs": len(os.sched_getaffinity(0)),
+        "timeout": None,
+        "seed": 0,
+        "shard": None,
+        "until_halfwidth": None,
+        "etcd": "auto",
+        "valkey": "auto",
+        "pin": None,
+        "pin_cpus": None,
+        "exit_delay": None,
+        "cores": "auto",
+        "keep_cores": False,
+        "keep_artifacts": 3,
+        "cores_per_signature": 3,
+        "faulthandler": True,
+    }
+    unknown = sorted(set(settings) - set(plan))
+    if unknown:
+        raise TypeError(f"not plan settings: {', '.join(unknown)}")
+    plan.update(settings)
+    return plan
 
 
 # -- environment facts ---------------------------------------------------------------------

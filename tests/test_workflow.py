@@ -16,7 +16,7 @@ import pytest
 
 from harness import config as config_module
 from harness.store import iter_records
-from harness.workflow import Campaign, run
+from harness.workflow import Campaign, new_plan, run
 
 SLOW_PUT = '''"""Puts a key every 50 ms for 0.4 s: long enough to be caught by a dying etcd."""
 import asyncio, os
@@ -35,29 +35,16 @@ async def main():
 
 
 def _plan(**overrides: Any) -> dict[str, Any]:
-    plan: dict[str, Any] = {
-        "command": None,
+    settings: dict[str, Any] = {
         "scenarios": ["sanity"],
         "strategies": ["etcd-0.5.1"],
         "runs": 4,
         "jobs": 2,
-        "timeout": None,
         "seed": 1,
-        "shard": None,
-        "until_halfwidth": None,
         "etcd": "embedded",
         "valkey": "embedded",
-        "pin": None,
-        "pin_cpus": None,
-        "exit_delay": None,
-        "cores": "auto",
-        "keep_cores": False,
-        "keep_artifacts": 3,
-        "cores_per_signature": 3,
-        "faulthandler": True,
     }
-    plan.update(overrides)
-    return plan
+    return new_plan(**{**settings, **overrides})
 
 
 def _campaign(out: Path, **overrides: Any) -> Campaign:
