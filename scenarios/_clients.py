@@ -51,6 +51,7 @@ __all__ = [
     "grant_lease",
     "open_watch",
     "glide_client",
+    "run_in_threads",
 ]
 
 ETCD_DISTRIBUTION = "etcd-client-py"
@@ -209,3 +210,31 @@ async def glide_client() -> Any:
 
     host, port = valkey_endpoint()
     return await GlideClient.create(GlideClientConfiguration([NodeAddress(host, port)]))
+
+
+def run_in_threads(work: Any, threads: int, join_timeout: float) -> None:
+    """Run ``work(i)`` (a coroutine function) for i in range(threads), each under its own
+    ``asyncio.run`` in its own thread; raise when a thread failed or did not finish in time.
+
+    The threads are not daemons: one that never ends keeps the interpreter from finalizing,
+    and the harness reports a hang.
+    """
+    import threading
+
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            asyncio.run(work(i))
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    started = [threading.Thread(target=body, args=(i,)) for i in range(threads)]
+    for t in started:
+        t.start()
+    for t in started:
+        t.join(timeout=join_timeout)
+    if errors:
+        raise RuntimeError(f"thread errors: {errors!r}")
+    if any(t.is_alive() for t in started):
+        raise RuntimeError(f"a worker thread did not finish in {join_timeout:g} s")

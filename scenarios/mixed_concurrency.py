@@ -8,7 +8,6 @@ client for one put. Nine client contexts on three loops open and close concurren
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import _clients
 
@@ -32,21 +31,5 @@ async def _tasks(thread_id: int) -> None:
     await asyncio.gather(*(asyncio.create_task(_task(thread_id, i)) for i in range(TASKS)))
 
 
-def _thread(thread_id: int, errors: list[BaseException]) -> None:
-    try:
-        asyncio.run(_tasks(thread_id))
-    except BaseException as e:  # reported by the main thread
-        errors.append(e)
-
-
 def main() -> None:
-    errors: list[BaseException] = []
-    threads = [threading.Thread(target=_thread, args=(i, errors)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=20)
-    if errors:
-        raise RuntimeError(f"thread errors: {errors!r}")
-    if any(t.is_alive() for t in threads):
-        raise RuntimeError("a worker thread did not finish in 20 s")
+    _clients.run_in_threads(_tasks, THREADS, join_timeout=20)

@@ -8,9 +8,6 @@ owned by threads that have already finished.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import _clients
 
 SERVICES = ("etcd",)
@@ -30,21 +27,5 @@ async def _work(thread_id: int) -> None:
             await comm.put(_clients.key(thread_id, i), f"value_{i}".encode())
 
 
-def _thread(thread_id: int, errors: list[BaseException]) -> None:
-    try:
-        asyncio.run(_work(thread_id))
-    except BaseException as e:  # reported by the main thread
-        errors.append(e)
-
-
 def main() -> None:
-    errors: list[BaseException] = []
-    threads = [threading.Thread(target=_thread, args=(i, errors)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=15)
-    if errors:
-        raise RuntimeError(f"thread errors: {errors!r}")
-    if any(t.is_alive() for t in threads):
-        raise RuntimeError("a worker thread did not finish in 15 s")
+    _clients.run_in_threads(_work, THREADS, join_timeout=15)
