@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import MARKER, stressors
+from harness.backtrace import CoreBudget, core_dump_unavailable, gdb_available, run_gdb
+from harness.classify import classify, needs_backtrace
 from harness.engine import Exit, Job
 from harness.plan import RunSpec
 from harness.progress import ProgressView
@@ -59,22 +61,17 @@ class Recorder:
     """Turns engine exits into records: classify, backtraces, artifacts, store, progress."""
 
     def __init__(self, c: Campaign, view: ProgressView) -> None:
-        from harness import backtrace as bt
-        from harness.classify import classify, needs_backtrace
-
         self.c = c
         self.view = view
-        self.classify = classify
-        self.needs_backtrace = needs_backtrace
-        self.bt = bt
         self.specs: dict[str, RunSpec] = {}
         self.load = stressors.plan_load(c.plan)
         self.lock = threading.Lock()
         self.command = bool(c.plan.get("command"))
+        self.pin = frozenset(c.plan["pin_cpus"]) if c.plan.get("pin_cpus") else None
         cores_wanted = c.plan.get("cores", "auto") != "off"
-        self.no_core_reason = bt.core_dump_unavailable() if cores_wanted else "--cores off"
-        self.no_gdb_reason = bt.gdb_available()
-        self.core_budget = bt.CoreBudget(exemplars=c.plan.get("cores_per_signature", 3))
+        self.no_core_reason = core_dump_unavailable() if cores_wanted else "--cores off"
+        self.no_gdb_reason = gdb_available()
+        self.core_budget = CoreBudget(exemplars=c.plan.get("cores_per_signature", 3))
         self.analysis = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdb")
         self.core_dir = c.out / ".cores"
 
@@ -94,7 +91,7 @@ class Recorder:
                 timeout=info.timeout,
                 env=env,
                 dump_signal=info.dump_signal,
-                cpus=frozenset(self.c.plan["pin_cpus"]) if self.c.plan.get("pin_cpus") else None,
+                cpus=self.pin,
             )
 
     def on_exit(self, ex: Exit) -> None:
@@ -106,7 +103,7 @@ class Recorder:
             stderr = f"{stderr}\nshutdown-harness: {ex.error}".strip()
         work_done = MARKER in stdout
         core = ex.core_path
-        verdict = self.classify(
+        verdict = classify(
             returncode=ex.returncode,
             stderr=stderr,
             stdout=stdout,
@@ -140,7 +137,7 @@ class Recorder:
             return
         if core is not None and verdict.category == "crash":
             key = f"{spec.scenario}/{spec.strategy}/{verdict.signature}"
-            unspecific = self.needs_backtrace(verdict)
+            unspecific = needs_backtrace(verdict)
             decision = self.core_budget.decide(key, unspecific)
             if decision.analyse and info.executable and not self.no_gdb_reason:
                 # gdb takes ~0.6 s: analyse in the background and free the slot now.
@@ -199,8 +196,8 @@ class Recorder:
         try:
             assert info.executable is not None
             started = time.monotonic()
-            text = self.bt.run_gdb(core, Path(info.executable))
-            verdict = self.classify(
+            text = run_gdb(core, Path(info.executable))
+            verdict = classify(
                 returncode=ex.returncode,
                 stderr=stderr,
                 stdout=stdout,
