@@ -14,7 +14,8 @@ can be had (see .ci/setup-podman).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,15 @@ def container_engine() -> containers.Engine:
     if engine is None:
         pytest.skip(f"no container engine: {why} (.ci/setup-podman starts Podman's service)")
     return engine
+
+
+@pytest.fixture(scope="session")
+def client_python() -> Callable[[str], Path]:
+    """``client_python("etcd-client-py==0.4.1")``: the Python of a cached uv virtualenv with
+    those packages (``+`` joins several), built once per machine like a strategy's."""
+    from harness import strategies, virtualenv
+
+    def build(packages: str) -> Path:
+        return virtualenv.ensure(strategies.parse_inline(packages, {"clients": {}}))
+
+    return build

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,11 +89,11 @@ def test_nothing_to_report(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.etcd
-def test_reproducer_crashes_etcd_client_0_4_1(tmp_path: Path, etcd_endpoint: str) -> None:
+def test_reproducer_crashes_etcd_client_0_4_1(
+    tmp_path: Path, etcd_endpoint: str, client_python: Callable[[str], Path]
+) -> None:
     """The bundle's reproduce.py, built from the real concurrent_ops scenario, crashes 0.4.1."""
-    python = os.environ.get("SHUTDOWN_HARNESS_PY_0_4_1", "/tmp/exp/v0.4.1/bin/python")
-    if not Path(python).exists():
-        pytest.skip(f"no etcd-client-py 0.4.1 Python at {python} (SHUTDOWN_HARNESS_PY_0_4_1)")
+    python = str(client_python("etcd-client-py==0.4.1"))
     scenario = ROOT / "scenarios" / "concurrent_ops.py"
     campaign = _campaign(tmp_path / "c", scenario, "concurrent_ops")
     bundle = build_bundle(campaign, tmp_path / "bundle")

@@ -7,12 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from harness import MARKER, scenarios, strategies, virtualenv
+from harness import MARKER, scenarios
 from harness.errors import UsageError
 
 #: Every scenario the issue asks for (sanity.py is written elsewhere and checked too).
@@ -181,11 +182,9 @@ RACE_SIGNS = ("Service was not ready", "did not finish in")
 
 
 @pytest.fixture(scope="module")
-def python_051() -> Path:
+def python_051(client_python: Callable[[str], Path]) -> Path:
     """etcd-client-py 0.5.1 with valkey-glide, so that every scenario is applicable."""
-    config = {"clients": {}}
-    strategy = strategies.parse_inline("etcd-client-py==0.5.1+valkey-glide==2.6.0", config)
-    return virtualenv.ensure(strategy)
+    return client_python("etcd-client-py==0.5.1+valkey-glide==2.6.0")
 
 
 def _run(python: Path, info: scenarios.ScenarioInfo, env: dict[str, str], index: int):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -247,22 +248,11 @@ def test_servers_of_a_killed_harness_are_reaped_by_the_next_one() -> None:
             assert not Path(str(folder)).exists()
 
 
-def _client_python() -> str | None:
-    candidates = [
-        os.environ.get("SHUTDOWN_HARNESS_TEST_CLIENT_PYTHON", ""),
-        "/tmp/exp/v0.5.1/bin/python",
-    ]
-    for candidate in candidates:
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
-
-
 @pytest.mark.etcd
-def test_sanity_scenario_puts_and_reads_back_through_the_real_client(etcd_endpoint: str) -> None:
-    python = _client_python()
-    if python is None:
-        pytest.skip("no Python with etcd-client-py: set SHUTDOWN_HARNESS_TEST_CLIENT_PYTHON")
+def test_sanity_scenario_puts_and_reads_back_through_the_real_client(
+    etcd_endpoint: str, client_python: Callable[[str], Path]
+) -> None:
+    python = str(client_python("etcd-client-py==0.5.1"))
     run = (
         "import asyncio, runpy, sys; m = runpy.run_path(sys.argv[1]);"
         "assert m['applicable']() is None; asyncio.run(m['main']()); print('ok')"
