@@ -11,7 +11,7 @@ import random
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from harness import __version__
 from harness.errors import EXIT_OK, EXIT_USAGE, UsageError
 from harness.services import validate_how
+from harness.stressors import parse_jobs
 
 __all__ = ["main", "build_parser"]
 
@@ -75,27 +76,33 @@ _non_negative_int = _number(int, 0, strict=False)
 _positive_float = _number(float, 0, strict=True)
 
 
+def _argtype(parse: Callable[[str], Any], option: str) -> Callable[[str], Any]:
+    """An argparse type from a parser of this package that raises UsageError with a message
+    starting with the option's name (argparse names the option itself)."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except UsageError as e:
+            message = str(e).removeprefix(option).lstrip(": ")
+            raise argparse.ArgumentTypeError(message) from None
+
+    return convert
+
+
+def _exit_delay(text: str) -> float:
+    from harness.stressors import parse_exit_delay
+
+    value = parse_exit_delay(text)
+    if value <= 0:
+        raise UsageError(f"--exit-delay must be more than 0, not {text}")
+    return value
+
+
 def _halfwidth(text: str) -> float:
     from harness.stats import parse_halfwidth
 
-    try:
-        return parse_halfwidth(text)
-    except UsageError as e:  # argparse names the option itself
-        message = str(e).removeprefix("--until-halfwidth").lstrip(": ")
-        raise argparse.ArgumentTypeError(message) from None
-
-
-def _service(kind: str) -> Any:
-    """argparse type for --etcd/--valkey: auto, embedded, container or HOST:PORT."""
-    check = validate_how(kind)
-
-    def parse(text: str) -> str:
-        try:
-            return str(check(text))
-        except UsageError as e:
-            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
-
-    return parse
+    return parse_halfwidth(text)
 
 
 def _csv(values: list[str] | None) -> list[str] | None:
@@ -123,19 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="take unset options from [tool.shutdown-harness.presets.NAME]")
     how = run.add_argument_group("how")
     how.add_argument("--runs", type=_positive_int, help="runs per cell (cap when adaptive)")
-    how.add_argument("--jobs", type=_positive_int, help="children at once (default: CPU count)")
+    how.add_argument("--jobs", type=_argtype(parse_jobs, "--jobs"),
+                     help="children at once: N, or 2x the CPUs (default: CPU count)")
     how.add_argument("--timeout", type=_positive_float, help="seconds per run")
-    how.add_argument("--until-halfwidth", type=_halfwidth, metavar="W",
+    how.add_argument("--until-halfwidth", type=_argtype(_halfwidth, "--until-halfwidth"),
+                     metavar="W",
                      help="stop a cell once its 95%% interval half-width is below W (0.02 or 2%%)")
     how.add_argument("--seed", type=int, help="seed for the scenarios' randomness")
     how.add_argument("--shard", help="run only shard I of N (I/N)")
-    how.add_argument("--etcd", type=_service("etcd"), help="auto|embedded|container|HOST:PORT")
-    how.add_argument("--valkey", type=_service("valkey"),
+    how.add_argument("--etcd", type=_argtype(validate_how("etcd"), "--etcd"),
+                     help="auto|embedded|container|HOST:PORT")
+    how.add_argument("--valkey", type=_argtype(validate_how("valkey"), "--valkey"),
                      help="auto|embedded|container|HOST:PORT")
     stress = run.add_argument_group("stressors")
     stress.add_argument("--pin", metavar="CPUS", help="pin children to these CPUs (0 or 0-1)")
-    stress.add_argument("--exit-delay", type=_positive_float, metavar="S",
-                        help="random delay of 0..S s after the work, before exit")
+    stress.add_argument("--exit-delay", type=_argtype(_exit_delay, "--exit-delay"), metavar="S",
+                        help="random delay of 0..S s (or 200ms) after the work, before exit")
     evidence = run.add_argument_group("evidence")
     evidence.add_argument("--cores", choices=("auto", "off"), help="core dumps and gdb backtraces")
     evidence.add_argument("--keep-cores", action="store_true", default=None,

@@ -64,6 +64,7 @@ from typing import Any
 import pytest
 
 from harness import config as config_module
+from harness import stressors
 from harness.errors import UsageError
 from harness.progress import FAILURE_CATEGORIES, Tally
 from harness.stats import format_pct, wilson_interval
@@ -330,7 +331,7 @@ def _default_jobs(config: pytest.Config) -> int:
     # pytest started by a test, which is not a worker.
     workerinput = getattr(config, "workerinput", None)
     workers = int(workerinput.get("workercount", 1)) if workerinput else 1
-    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
+    return max(1, stressors.cpu_count() // max(1, workers))
 
 
 def _deadline(item: pytest.Item, run_timeout: float) -> float | None:

@@ -2,14 +2,13 @@
 
 - oversubscription: more children at once (``--jobs``) than CPUs, so that a child's threads are
   descheduled at arbitrary points of its shutdown (``parse_jobs`` accepts ``8`` or ``2x``);
-- CPU pinning: all children on the given CPUs (``pin_cpus``; the harness pins itself with
-  ``apply_pin`` and the children inherit the affinity);
+- CPU pinning: all children on the given CPUs (``pin_cpus``; the engine pins each child as
+  it starts, the harness itself stays free);
 - a random exit delay: the child wrapper sleeps 0..S seconds after the work, which shifts where
   in the runtime's own teardown the interpreter's finalization lands.
 
-Load changes crash rates, so every record keeps the load it ran under (``load_label``), and a
-report must say so when it compares cells run under different loads (``same_load``,
-``describe_load``).
+Load changes crash rates, so every record keeps the load it ran under (``load_label``); the
+aggregate (harness/aggregate.py) splits cells by load and says so, never pooling them.
 """
 
 from __future__ import annotations
@@ -26,12 +25,9 @@ __all__ = [
     "parse_jobs",
     "pin_cpus",
     "format_cpus",
-    "apply_pin",
     "parse_exit_delay",
     "load_label",
     "plan_load",
-    "same_load",
-    "describe_load",
 ]
 
 MAX_EXIT_DELAY_S = 60.0
@@ -92,11 +88,6 @@ def format_cpus(cpus: set[int] | list[int]) -> str:
     return ",".join(ranges)
 
 
-def apply_pin(cpus: list[int]) -> None:
-    """Pin this process to ``cpus``; children started afterwards inherit the affinity."""
-    os.sched_setaffinity(0, cpus)
-
-
 def parse_exit_delay(text: str | float) -> float:
     """``0.2``, ``"0.2s"`` or ``"200ms"`` -> the maximum random exit delay in seconds."""
     raw = str(text).strip().lower()
@@ -136,29 +127,3 @@ def load_label(
 def plan_load(plan: Mapping[str, Any]) -> dict[str, Any]:
     """The load label of a campaign's plan (its ``jobs``, ``pin_cpus`` and ``exit_delay``)."""
     return load_label(plan["jobs"], pin=plan.get("pin_cpus"), exit_delay=plan.get("exit_delay"))
-
-
-_COMPARED = ("jobs_per_cpu", "pin", "exit_delay")
-
-
-def same_load(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
-    """Whether two load labels are comparable: same oversubscription, pinning and delay."""
-    if a is None or b is None:
-        return a is b
-    return all(a.get(key) == b.get(key) for key in _COMPARED)
-
-
-def describe_load(load: Mapping[str, Any] | None) -> str:
-    """``"4 jobs on 2 CPUs (2.0 per CPU), pinned to 0-1, exit delay up to 0.2 s"``."""
-    if not load:
-        return "unknown load"
-    jobs, cpus = load.get("jobs"), load.get("cpus")
-    text = (
-        f"{jobs} job{'s' if jobs != 1 else ''} on {cpus} CPU{'s' if cpus != 1 else ''}"
-        f" ({load.get('jobs_per_cpu'):g} per CPU)"
-    )
-    if load.get("pin"):
-        text += f", pinned to {load['pin']}"
-    if load.get("exit_delay"):
-        text += f", exit delay up to {load['exit_delay']:g} s"
-    return text

@@ -96,7 +96,7 @@ def new_plan(**settings: Any) -> dict[str, Any]:
         "scenarios": None,
         "strategies": None,
         "runs": None,
-        "jobs": len(os.sched_getaffinity(0)),
+        "jobs": stressors.cpu_count(),
         "timeout": None,
         "seed": 0,
         "shard": None,
@@ -135,7 +135,7 @@ def environment() -> dict[str, Any]:
         "python_build": " ".join(platform.python_build()),
         "python_implementation": platform.python_implementation(),
         "cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpus_usable": stressors.cpu_count(),
         "core_pattern": core_pattern,
         "harness": __version__,
     }

@@ -37,6 +37,8 @@ def _records(folder: Path) -> list[dict]:
         (["run", "--jobs", "0", "--command", "true"], "--jobs"),
         (["run", "--timeout", "abc", "--command", "true"], "--timeout"),
         (["run", "--etcd", "nowhere", "--command", "true"], "--etcd"),
+        (["run", "--jobs", "0x", "--command", "true"], "--jobs"),
+        (["run", "--exit-delay", "soon", "--command", "true"], "--exit-delay"),
         (["run", "--cores", "maybe", "--command", "true"], "--cores"),
         (["run", "--until-halfwidth", "0.7", "--command", "true"], "--until-halfwidth"),
         (["run", "--shard", "3/2", "--command", "true"], "--shard"),
@@ -192,3 +194,16 @@ def test_plain_status_lines_when_not_a_terminal(tmp_path: Path) -> None:
     assert status, result.stdout
     assert "/s" in status[0] and "failed" in status[0]
     assert "\x1b[" not in "\n".join(status)  # no terminal control codes in CI logs
+
+
+def test_oversubscription_and_exit_delay_are_kept_in_every_record(tmp_path: Path) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    result = _harness(
+        "run", "--command", "true", "--runs", "3", "--jobs", "2x", "--exit-delay", "50ms",
+        "--out", str(tmp_path / "o"),
+    )
+    assert result.returncode == 0, result.stderr
+    for record in _records(tmp_path / "o"):
+        assert record["load"]["jobs"] == 2 * cpus
+        assert record["load"]["jobs_per_cpu"] == 2.0
+        assert record["load"]["exit_delay"] == 0.05
