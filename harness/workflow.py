@@ -1,7 +1,7 @@
 """The ``run`` pipeline, as a list of small tasks in one visible order.
 
-    open_campaign -> start_services -> prepare_strategies -> plan_cells -> write_campaign_file
-        -> execute -> summarize -> write_reports
+    open_campaign -> resolve_scenarios -> start_services -> prepare_strategies -> plan_cells
+        -> write_campaign_file -> execute -> summarize -> write_reports
 
 ``execute`` feeds the plan to the engine (harness/engine.py); every exit goes to the recorder
 (harness/recorder.py), which classifies it and stores the record.
@@ -69,6 +69,7 @@ class Campaign:
     store: ResultStore | None = None
     services: Any = None  # harness.services.ServiceSet
     endpoints: dict[str, str] = field(default_factory=dict)
+    scenarios: list[Any] = field(default_factory=list)  # harness.scenarios.ScenarioInfo
     strategies: dict[str, Any] = field(default_factory=dict)  # name -> Strategy
     pythons: dict[str, Path] = field(default_factory=dict)  # strategy -> venv python
     cells: dict[Cell, Cellinfo] = field(default_factory=dict)
@@ -164,14 +165,19 @@ def open_campaign(c: Campaign) -> None:
     c.say(f"resuming {c.out}: {len(c.store.done)} runs already recorded")
 
 
-def start_services(c: Campaign) -> None:
-    """Start (or check) etcd and valkey when the planned scenarios need them."""
+def resolve_scenarios(c: Campaign) -> None:
+    """Read the planned scenarios (names or paths; bad ones are a usage error, before any
+    service starts)."""
     if c.plan.get("command"):
         return
     from harness import scenarios
 
-    infos = scenarios.resolve(c.plan["scenarios"])
-    needed = sorted({s for info in infos for s in info.services})
+    c.scenarios = scenarios.resolve(c.plan["scenarios"])
+
+
+def start_services(c: Campaign) -> None:
+    """Start (or check) etcd and valkey when the planned scenarios need them."""
+    needed = sorted({s for info in c.scenarios for s in info.services})
     if not needed:
         return
     from harness import services
@@ -220,7 +226,7 @@ def plan_cells(c: Campaign) -> None:
         return
     from harness import scenarios, virtualenv
 
-    for info in scenarios.resolve(c.plan["scenarios"]):
+    for info in c.scenarios:
         for name, strategy in c.strategies.items():
             python = c.pythons[name]
             env = {**base_env}
@@ -406,6 +412,7 @@ def write_reports(c: Campaign) -> None:
 
 TASKS: list[Callable[[Campaign], None]] = [
     open_campaign,
+    resolve_scenarios,
     start_services,
     prepare_strategies,
     plan_cells,
