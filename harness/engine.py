@@ -1,35 +1,52 @@
 """The run engine: a bounded pool of short-lived child processes.
 
-The hot loop is deliberately small, as in Go's ``stress``: spawn up to ``jobs`` children, wait
-for any of them to exit (one ``epoll`` on their pidfds, no polling), start the next child in the
-freed slot at once, and only then hand the exit to the callback. Slots never wait for the
-callback's work (classification, storage, progress) nor for the file system, so the CPUs stay
-as busy as with a bare ``xargs -P``. Each child gets:
+Each slot is a thread as direct as Go's ``stress`` or ``xargs -P``: start the next child, hand
+the previous child's exit to the callback (classification, storage, progress) while the new
+one runs, block in ``waitid`` until it exits, reap it, and start the next. The callback and
+the job iterator run under one lock, one slot at a time, so neither needs to be thread-safe;
+the thread that called :meth:`Engine.run` only keeps the deadlines and waits for the slots.
+What keeps the CPUs as busy as with a bare ``xargs -P`` when the children saturate them
+(measured with ``perf sched``; bench/run.py has the throughput):
 
-- its own working directory (``slot-N``, empty when it starts), so a core file lands there;
+- A slot waits in ``waitid``, not in ``epoll`` on a pidfd: the kernel wakes a parent waiting
+  for its child *synchronously*, on the CPU the exiting child frees, so the next child starts
+  there at once. A pidfd wake-up could leave the harness queued behind another child for a
+  scheduler tick while the freed CPU idled (5% idle CPU, against 1% for xargs).
+- A slot spawns before it records, and has its next job in hand (handed out one ahead), so a
+  spawn never waits for any recording; and no exit crosses threads on its way to the callback
+  (each hand-off cost a wake-up and a GIL switch per run).
+- Output goes to in-memory files, not to files created and removed on disk per run.
+
+Each child gets:
+
+- its own working directory (``slot-N``, empty when it starts), so a core file lands there; each
+  slot thread has a working directory of its own (``unshare(CLONE_FS)``), which the child
+  inherits, so no ``chdir`` races between slots;
 - its own process group, so a timeout or the end of a run can kill every process it started;
-- stdout and stderr redirected to fresh files (no pipes to drain, no threads; never a file an
-  earlier child could still hold open), created ahead of time, off the path from one child's
-  exit to the next one's start;
-- a deadline: past it, ``dump_signal`` asks the child for its stacks (faulthandler), then after
-  a grace period SIGKILL goes to the whole group.
+- stdout and stderr captured in fresh in-memory files (:class:`Capture`: no pipes to drain, no
+  file system work, never a file an earlier child could still hold open);
+- a deadline, kept by the calling thread: past it, ``dump_signal`` asks the child for its
+  stacks (faulthandler), then after a grace period SIGKILL goes to the whole group.
 
-At exit, a core file moves from ``slot-N`` to ``exited-N`` (a rename, no copy) and anything else
-the child left there is removed, so the next child starts in an empty folder while the callback
-still reads the previous one's files.
+At exit, a core file moves out of ``slot-N`` to ``cores/`` (a rename, no copy) and anything
+else the child left there is removed, so the next child starts in an empty folder while the
+callback still reads the previous one's files.
 
-Ctrl-C / SIGTERM: :meth:`Engine.stop` (safe to call from a signal handler) stops spawning, kills
-the running groups and returns; runs that did not finish are not reported (a resume reruns them).
+Ctrl-C / SIGTERM: :meth:`Engine.stop` (safe to call from a signal handler or another thread)
+stops spawning and kills the running groups; runs that finished are still reported, runs that
+were killed are not (a resume reruns them).
 """
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
+import queue
 import resource
-import selectors
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -37,9 +54,15 @@ from pathlib import Path
 
 __all__ = ["Job", "Exit", "Engine", "raise_core_limit"]
 
-_OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 #: Python ignores these; a child must get them back at their default, as subprocess does.
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+_CLONE_FS = 0x200
+_ASYNC_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGALRM,
+                  signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGWINCH}
+#: The longest the calling thread sleeps with nothing to do (it also wakes for every exit).
+_IDLE_WAIT = 3600.0
+#: How often the captures of running children are trimmed (see Capture).
+_TRIM_EVERY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +77,71 @@ class Job:
     cpus: frozenset[int] | None = None  # pin the child to these CPUs
 
 
+class Capture:
+    """A child's stdout or stderr: an in-memory file (memfd), readable until the callback returns.
+
+    No file system work per run (creating and unlinking two files on ext4 costs more than
+    the rest of a spawn). Memory stays bounded: while the child runs, the engine punches out
+    the middle of a capture past :data:`CAPTURE_LIMIT`, keeping its first :data:`KEEP_HEAD`
+    and last :data:`KEEP_TAIL` bytes (more than any reader asks for).
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size if self.fd >= 0 else 0
+
+    def read(self, head: int | None = None, tail: int = 0) -> bytes:
+        """All of it, or its first ``head`` and last ``tail`` bytes with a note of the cut."""
+        if self.fd < 0:
+            return b""
+        first = os.pread(self.fd, _SMALL, 0)  # most captures: all of it, in one system call
+        size = len(first) if len(first) < _SMALL else self.size()
+        if head is None or size <= head + tail:
+            return first if size == len(first) else os.pread(self.fd, size, 0)
+        first = os.pread(self.fd, head, 0) if head else b""
+        last = os.pread(self.fd, tail, size - tail) if tail else b""
+        return first + b"\n[... %d bytes cut ...]\n" % (size - head - tail) + last
+
+    def text(self, head: int | None = None, tail: int = 0) -> str:
+        return self.read(head, tail).decode("utf-8", errors="replace")
+
+    def trim(self) -> None:
+        """Free the middle of a capture grown past CAPTURE_LIMIT (its size does not change)."""
+        size = self.size()
+        if size > CAPTURE_LIMIT:
+            start = KEEP_HEAD
+            end = (size - KEEP_TAIL) // _PAGE * _PAGE
+            if end > start:
+                _punch_hole(self.fd, start, end - start)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+#: Bytes a capture may hold before its middle is freed; what is always kept of its two ends.
+CAPTURE_LIMIT = 64 << 20
+KEEP_HEAD = 1 << 20
+KEEP_TAIL = 16 << 20
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_SMALL = 64 << 10
+_FALLOC_FL_KEEP_SIZE_PUNCH_HOLE = 0x01 | 0x02
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate(fd, _FALLOC_FL_KEEP_SIZE_PUNCH_HOLE, ctypes.c_int64(offset),
+                   ctypes.c_int64(length))  # best effort: a failure only costs memory
+
+
 @dataclass(slots=True)
 class Exit:
-    """What happened to a :class:`Job`. Paths stay valid until the callback returns."""
+    """What happened to a :class:`Job`. Captures and paths stay valid until the callback returns."""
 
     job: Job
     pid: int
@@ -65,89 +150,37 @@ class Exit:
     duration_s: float
     started_at: float  # epoch seconds
     workdir: Path  # the slot folder the child ran in (its working directory)
-    stdout_path: Path
-    stderr_path: Path
+    stdout: Capture
+    stderr: Capture
     core_path: Path | None = None  # the core file it dumped, if any
     cpu_s: float = 0.0
     max_rss_kb: int = 0
     error: str | None = None  # why the child could not be started
 
 
-@dataclass(slots=True)
-class _Output:
-    """A fresh (stdout, stderr) pair of files, open for the child to inherit."""
-
-    stdout: str
-    stderr: str
-    fds: tuple[int, int]
-
-    @classmethod
-    def create(cls, folder: str, name: str) -> _Output:
-        stdout, stderr = f"{folder}/{name}.stdout", f"{folder}/{name}.stderr"
-        out = os.open(stdout, _OUTPUT_FLAGS, 0o644)
-        try:
-            err = os.open(stderr, _OUTPUT_FLAGS, 0o644)
-        except OSError:
-            os.close(out)
-            raise
-        return cls(stdout, stderr, (out, err))
-
-    def close(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
-        self.fds = (-1, -1)
-
-    def remove(self) -> None:
-        if self.fds[0] >= 0:
-            self.close()
-        for path in (self.stdout, self.stderr):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-
-
 class _Slot:
-    """A working directory, the output files its next child gets, and a place for cores."""
+    """A working directory and the jobs handed to it."""
 
     def __init__(self, root: Path, index: int) -> None:
         self.index = index
         self.workdir = root / f"slot-{index}"
-        self.exited = root / f"exited-{index}"
-        self.outputs = str(root / "output")
+        self.cores = root / "cores"
+        self.ahead: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._serial = itertools.count()
-        self.ready: _Output | None = None
-        for folder in (self.workdir, self.exited):
-            folder.mkdir(parents=True, exist_ok=True)
-            _empty(str(folder))
-
-    def prepare(self) -> None:
-        """Create the next child's output files now, while no child is waiting for them."""
-        if self.ready is None:
-            self.ready = _Output.create(self.outputs, f"{self.index}-{next(self._serial)}")
-
-    def take(self) -> _Output:
-        self.prepare()
-        assert self.ready is not None
-        output, self.ready = self.ready, None
-        return output
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        _empty(str(self.workdir))
 
     def set_aside(self, pid: int) -> Path | None:
-        """Empty the workdir for the next child; a core file moves to ``exited``."""
+        """Empty the workdir for the next child; a core file moves out, under a name of its own."""
         core = None
         with os.scandir(self.workdir) as entries:
             for entry in entries:
                 if entry.name in ("core", f"core.{pid}") and entry.is_file(follow_symlinks=False):
-                    core = self.exited / entry.name
+                    core = self.cores / f"{self.index}-{next(self._serial)}.core"
                     os.rename(entry.path, core)
                 else:
                     _remove(entry)
         return core
-
-    def discard(self) -> None:
-        if self.ready is not None:
-            self.ready.remove()
-            self.ready = None
 
 
 @dataclass(slots=True)
@@ -155,12 +188,24 @@ class _Running:
     job: Job
     pid: int
     slot: _Slot
-    output: _Output
+    stdout: Capture
+    stderr: Capture
     started: float
     started_at: float
     deadline: float
     timed_out: bool = False
     killed: bool = False
+    stopped: bool = False  # killed by Engine.stop: not reported
+
+
+@dataclass(slots=True)
+class _SlotDone:
+    """A slot thread ended (``error``: the exception that ended it)."""
+
+    error: BaseException | None = None
+
+
+_WAKE = object()  # on the exit queue: look at the deadlines and the stop flag now
 
 
 def raise_core_limit() -> tuple[int, int] | None:
@@ -182,6 +227,13 @@ def _killpg(pgid: int) -> None:
         pass
 
 
+def _unlink(path: Path | str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _empty(folder: str) -> None:
     with os.scandir(folder) as entries:
         for entry in entries:
@@ -192,10 +244,38 @@ def _remove(entry: os.DirEntry[str]) -> None:
     if entry.is_dir(follow_symlinks=False):
         shutil.rmtree(entry.path, ignore_errors=True)
         return
+    _unlink(entry.path)
+
+
+def _block_async_signals() -> None:
+    """Leave asynchronous signals (Ctrl-C, SIGTERM, alarms) to the main thread.
+
+    Python runs signal handlers in the main thread only; a signal the kernel delivers to a slot
+    thread would wait for the main thread's next wake-up. Children get the mask the process
+    had when :meth:`Engine.run` started (``setsigmask``).
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+
+
+def _own_working_directory(folder: Path) -> bool:
+    """Give the calling thread a working directory of its own, set to ``folder``.
+
+    Linux's ``unshare(CLONE_FS)`` stops the thread sharing its cwd with the rest of the
+    process; the children it spawns inherit it. False when that is not possible (then spawns
+    step into the folder and back under a process-wide lock).
+    """
     try:
-        os.unlink(entry.path)
-    except FileNotFoundError:
-        pass
+        unshare = getattr(os, "unshare", None)  # Python 3.12+
+        if unshare is not None:
+            unshare(_CLONE_FS)
+        else:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(_CLONE_FS) != 0:
+                return False
+        os.chdir(folder)
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 class Engine:
@@ -204,88 +284,155 @@ class Engine:
     def __init__(self, workroot: Path, jobs: int, grace: float = 2.0) -> None:
         if jobs < 1:
             raise ValueError("jobs must be at least 1")
-        self.workroot = workroot
+        self.workroot = workroot.absolute()  # slot threads run in folders of their own
         self.jobs = jobs
         self.grace = grace
         self.stopped = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
+        self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _running and every signal sent to a run
+        self._running: dict[int, _Running] = {}  # slot index -> its child
+        self._wake_at = 0.0  # when the calling thread next looks at the deadlines
+        self._next_trim = 0.0
+        self._chdir_lock = threading.Lock()  # spawns without a thread-own cwd
         self._devnull = -1
         self._home = -1
+        self._sigmask: set[int | signal.Signals] = set()
 
     def stop(self) -> None:
-        """Stop spawning and kill running children. Safe in a signal handler."""
+        """Stop spawning and kill running children. Safe in a signal handler or any thread."""
         self.stopped = True
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
+        self._events.put(_WAKE)  # SimpleQueue.put is reentrant
 
     def close(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        """Nothing to release: :meth:`run` closes what it opened."""
 
-    def _spawn(self, job: Job, slot: _Slot) -> _Running | Exit:
+    # -- one slot ----------------------------------------------------------------------------
+    def _slot_main(self, slot: _Slot, record: Callable[[_Slot, Exit | None], None]) -> None:
+        error: BaseException | None = None
+        try:
+            own_cwd = _own_working_directory(slot.workdir)
+            _block_async_signals()
+            previous: Exit | None = None
+            while True:
+                job = slot.ahead.get()
+                if job is None or self.stopped:
+                    break
+                spawned = self._spawn(job, slot, own_cwd)
+                record(slot, previous)  # while the new child runs
+                previous = spawned if isinstance(spawned, Exit) else self._wait(spawned)
+            record(slot, previous)
+        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+            error = e
+        finally:
+            self._events.put(_SlotDone(error))
+
+    def _wait(self, run: _Running) -> Exit | None:
+        """Wait for ``run`` to exit and reap it (None: killed by :meth:`stop`, not reported)."""
+        slot = run.slot
+        with self._lock:
+            self._running[slot.index] = run
+            if self.stopped:
+                run.stopped = run.killed = True
+                _killpg(run.pid)
+            elif run.deadline < self._wake_at:
+                self._events.put(_WAKE)
+        # Blocks without the GIL; WNOWAIT leaves a zombie, so the pid (and its process group)
+        # cannot be reused while the calling thread might still signal it.
+        os.waitid(os.P_PID, run.pid, os.WEXITED | os.WNOWAIT)
+        with self._lock:
+            del self._running[slot.index]
+        _killpg(run.pid)  # grandchildren die with the run
+        _, status, usage = os.wait4(run.pid, 0)
+        duration = time.monotonic() - run.started
+        returncode = os.waitstatus_to_exitcode(status)
+        core = slot.set_aside(run.pid)
+        if run.stopped and returncode == -signal.SIGKILL:
+            run.stdout.close()
+            run.stderr.close()
+            if core is not None:
+                _unlink(core)
+            return None
+        return Exit(
+            job=run.job,
+            pid=run.pid,
+            returncode=returncode,
+            timed_out=run.timed_out,
+            duration_s=duration,
+            started_at=run.started_at,
+            workdir=slot.workdir,
+            stdout=run.stdout,
+            stderr=run.stderr,
+            core_path=core,
+            cpu_s=usage.ru_utime + usage.ru_stime,
+            max_rss_kb=usage.ru_maxrss,
+        )
+
+    def _spawn(self, job: Job, slot: _Slot, own_cwd: bool) -> _Running | Exit:
         started_at = time.time()
         started = time.monotonic()
+        stdout, stderr = Capture(-1), Capture(-1)
         try:
-            output = slot.take()
+            stdout.fd = os.memfd_create("stdout", os.MFD_CLOEXEC)
+            stderr.fd = os.memfd_create("stderr", os.MFD_CLOEXEC)
         except OSError as e:
-            return Exit(job, 0, None, False, 0.0, started_at, slot.workdir, Path(os.devnull),
-                        Path(os.devnull), error=f"cannot start: cannot create its output: {e}")
+            return Exit(job, 0, None, False, 0.0, started_at, slot.workdir, stdout, stderr,
+                        error=f"cannot start: cannot capture its output: {e}")
         actions = [
             (os.POSIX_SPAWN_DUP2, self._devnull, 0),
-            (os.POSIX_SPAWN_DUP2, output.fds[0], 1),
-            (os.POSIX_SPAWN_DUP2, output.fds[1], 2),
+            (os.POSIX_SPAWN_DUP2, stdout.fd, 1),
+            (os.POSIX_SPAWN_DUP2, stderr.fd, 2),
         ]
         env = os.environ if job.env is None else job.env
-        # posix_spawn has no "cwd": the child inherits ours, so step into the slot and back.
-        # Only this thread changes it, and every path the harness uses is absolute.
-        os.chdir(slot.workdir)
+
+        def spawn() -> int:
+            return os.posix_spawnp(job.argv[0], job.argv, env, file_actions=actions, setpgroup=0,
+                                   setsigdef=_DEFAULT_SIGNALS, setsigmask=self._sigmask)
+
         try:
-            pid = os.posix_spawnp(
-                job.argv[0], job.argv, env, file_actions=actions, setpgroup=0,
-                setsigdef=_DEFAULT_SIGNALS,
-            )
+            if own_cwd:
+                pid = spawn()
+            else:
+                # posix_spawn has no "cwd": step into the slot and back, one spawn at a time.
+                with self._chdir_lock:
+                    os.chdir(slot.workdir)
+                    try:
+                        pid = spawn()
+                    finally:
+                        os.fchdir(self._home)
         except OSError as e:
-            output.close()
-            return Exit(job, 0, None, False, 0.0, started_at, slot.workdir, Path(output.stdout),
-                        Path(output.stderr), error=f"cannot start: {e}")
-        finally:
-            os.fchdir(self._home)
-        output.close()  # the child has its own copies
+            return Exit(job, 0, None, False, 0.0, started_at, slot.workdir, stdout, stderr,
+                        error=f"cannot start: {e}")
         if job.cpus:
             try:
                 os.sched_setaffinity(pid, job.cpus)
             except OSError:
                 pass  # the child already exited: nothing to pin
-        return _Running(job, pid, slot, output, started, started_at, started + job.timeout)
+        return _Running(job, pid, slot, stdout, stderr, started, started_at,
+                        started + job.timeout)
 
-    def _reap(self, run: _Running) -> Exit:
-        pid = run.pid
-        _, status, usage = os.wait4(pid, 0)
-        duration = time.monotonic() - run.started
-        returncode = os.waitstatus_to_exitcode(status)
-        _killpg(pid)  # grandchildren die with the run
-        return Exit(
-            job=run.job,
-            pid=pid,
-            returncode=returncode,
-            timed_out=run.timed_out,
-            duration_s=duration,
-            started_at=run.started_at,
-            workdir=run.slot.workdir,
-            stdout_path=Path(run.output.stdout),
-            stderr_path=Path(run.output.stderr),
-            core_path=run.slot.set_aside(pid),
-            cpu_s=usage.ru_utime + usage.ru_stime,
-            max_rss_kb=usage.ru_maxrss,
-        )
+    # -- the calling thread ------------------------------------------------------------------
+    def _signal_deadlines(self) -> float:
+        """Signal the runs past their deadline; seconds until the next deadline."""
+        now = time.monotonic()
+        with self._lock:
+            for run in self._running.values():
+                if now >= run.deadline:
+                    self._expire(run, now)
+            if now >= self._next_trim:
+                self._next_trim = now + _TRIM_EVERY
+                for run in self._running.values():
+                    run.stdout.trim()
+                    run.stderr.trim()
+            nearest = min((run.deadline for run in self._running.values()), default=None)
+            if nearest is None:
+                wait = _IDLE_WAIT
+            else:
+                wait = max(0.0, min(nearest, self._next_trim) - now)
+            self._wake_at = now + wait
+        return wait
 
     def _expire(self, run: _Running, now: float) -> None:
+        # Called with the lock held: the run is not reaped yet, so its pid is still its own.
         if not run.timed_out:
             run.timed_out = True
             run.deadline = now + self.grace
@@ -297,101 +444,102 @@ class Engine:
                     return
         if not run.killed:
             run.killed = True
-            run.deadline = now + 60.0  # reaped as soon as the kernel reports it
+            run.deadline = now + 60.0  # reaped as soon as it dies
             _killpg(run.pid)
 
+    def _kill_all(self) -> None:
+        with self._lock:
+            for run in self._running.values():
+                run.stopped = True
+                if not run.killed:
+                    run.killed = True
+                    _killpg(run.pid)
+
     def run(self, jobs: Iterable[Job], on_exit: Callable[[Exit], None]) -> bool:
-        """Run every job; ``on_exit`` is called for each in this thread. True if all ran."""
+        """Run every job and hand each exit to ``on_exit``. True if all ran.
+
+        ``on_exit`` is called from the slot threads, never two at once, and ``jobs`` is
+        iterated under the same lock: neither needs to be thread-safe. An exception from
+        either stops the run and is raised here.
+        """
         pending: Iterator[Job] = iter(jobs)
-        (self.workroot / "output").mkdir(parents=True, exist_ok=True)
-        _empty(str(self.workroot / "output"))
+        cores = self.workroot / "cores"
+        cores.mkdir(parents=True, exist_ok=True)
+        _empty(str(cores))
         slots = [_Slot(self.workroot, i) for i in range(self.jobs)]
-        free = slots[::-1]  # slot-0 first
-        running: dict[int, _Running] = {}  # pidfd -> run
-        selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, selectors.EVENT_READ)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._home = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
-        exhausted = False
+        self._sigmask = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # the children's
+        callbacks = threading.Lock()  # one callback or pull from `jobs` at a time
+        exhausted = failed = False
 
-        def fill() -> None:
+        def feed(slot: _Slot) -> None:
+            """One more job for this slot (None: no more)."""
             nonlocal exhausted
-            while free and not exhausted and not self.stopped:
+            job = None
+            if not exhausted and not self.stopped:
                 job = next(pending, None)
-                if job is None:
-                    exhausted = True
-                    return
-                slot = free.pop()
-                spawned = self._spawn(job, slot)
-                if isinstance(spawned, Exit):
-                    try:
-                        on_exit(spawned)
-                    finally:
-                        _forget(spawned)
-                        free.append(slot)
-                    continue
-                pidfd = os.pidfd_open(spawned.pid)
-                selector.register(pidfd, selectors.EVENT_READ)
-                running[pidfd] = spawned
+                exhausted = job is None
+            slot.ahead.put(job)
 
+        def record(slot: _Slot, exit_: Exit | None) -> None:
+            if exit_ is None:
+                return
+            try:
+                with callbacks:
+                    if failed:  # another callback failed: the run is over
+                        return
+                    feed(slot)
+                    on_exit(exit_)
+            finally:
+                _forget(exit_)
+
+        threads = [threading.Thread(target=self._slot_main, args=(slot, record), daemon=True,
+                                    name=f"slot-{slot.index}") for slot in slots]
+        live = len(threads)
         try:
-            while True:
-                fill()
-                if self.stopped or not running:
-                    break
-                now = time.monotonic()
-                wait = max(0.0, min(r.deadline for r in running.values()) - now)
-                exited: list[Exit] = []
-                for key, _ in selector.select(wait):
-                    if key.fd == self._wake_r:
-                        os.read(self._wake_r, 512)
-                        continue
-                    run = running.pop(key.fd)
-                    selector.unregister(key.fd)
-                    os.close(key.fd)
-                    exited.append(self._reap(run))
-                    free.append(run.slot)
-                # The next children start before this batch's callbacks run: the files those
-                # read are not in any running child's way.
-                fill()
-                for exit_ in exited:
-                    try:
-                        on_exit(exit_)
-                    finally:
-                        _forget(exit_)
-                for slot in slots:  # the next outputs, now that nobody waits for them
-                    try:
-                        slot.prepare()
-                    except OSError:
-                        pass  # _spawn tries again and reports the error with the run
-                now = time.monotonic()
-                for run in running.values():
-                    if now >= run.deadline:
-                        self._expire(run, now)
+            with callbacks:
+                for slot in slots:  # the job it runs first, and the one after
+                    feed(slot)
+                    feed(slot)
+            for thread in threads:
+                thread.start()
+            stopping = False
+            while live:
+                try:
+                    item = self._events.get(timeout=self._signal_deadlines())
+                except queue.Empty:
+                    continue
+                if self.stopped and not stopping:
+                    stopping = True
+                    for slot in slots:
+                        slot.ahead.put(None)
+                    self._kill_all()
+                if isinstance(item, _SlotDone):
+                    live -= 1
+                    if item.error is not None:
+                        failed = True
+                        raise item.error
         finally:
-            for pidfd, run in running.items():
-                _killpg(run.pid)
-                os.wait4(run.pid, 0)
-                selector.unregister(pidfd)
-                os.close(pidfd)
-                run.output.remove()
-                run.slot.set_aside(run.pid)
+            completed = exhausted and not self.stopped and not live
+            failed = failed or live > 0
+            self.stopped = True
             for slot in slots:
-                slot.discard()
-                _empty(str(slot.exited))
-            selector.close()
+                slot.ahead.put(None)
+            self._kill_all()
+            for thread in threads:
+                if thread.ident is not None:
+                    thread.join()
             os.close(self._devnull)
             self._devnull = -1
             os.close(self._home)
             self._home = -1
-        return exhausted and not self.stopped
+        return completed
 
 
 def _forget(exit_: Exit) -> None:
-    """Remove what an exit left once its callback returned (the callback may have moved some)."""
-    for path in (exit_.stdout_path, exit_.stderr_path, exit_.core_path):
-        if path is not None and str(path) != os.devnull:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+    """Release what an exit held once its callback returned (it may have moved the core)."""
+    exit_.stdout.close()
+    exit_.stderr.close()
+    if exit_.core_path is not None:
+        _unlink(exit_.core_path)

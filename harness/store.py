@@ -210,12 +210,19 @@ class ResultStore:
                 self._file = None
 
     # -- writing -------------------------------------------------------------------------
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], flush: bool = True) -> None:
+        """Write one record (``flush=False``: buffered until :meth:`flush` or the next one)."""
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
         with self._lock:
             self._file.write(line)
-            self._file.flush()
+            if flush:
+                self._file.flush()
             self.done.add(record["run_id"])
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
 
     @staticmethod
     def _artifact_key(record: dict[str, Any]) -> tuple[str, str, str]:

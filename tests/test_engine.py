@@ -28,8 +28,8 @@ def _run(tmp_path: Path, jobs: list[Job], parallel: int = 2, **kw: object) -> di
         seen[ex.job.run_id] = {
             "returncode": ex.returncode,
             "timed_out": ex.timed_out,
-            "stdout": ex.stdout_path.read_text(),
-            "stderr": ex.stderr_path.read_text(),
+            "stdout": ex.stdout.text(),
+            "stderr": ex.stderr.text(),
             "core": ex.core_path is not None,
             "duration": ex.duration_s,
             "cpu": ex.cpu_s,
@@ -155,3 +155,72 @@ def test_stop_kills_running_children_and_reports_only_finished(tmp_path: Path) -
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "# grandchild" not in ps
     assert os.listdir(tmp_path / "work" / "slot-0") == []
+
+
+def test_callbacks_and_the_job_iterator_never_run_at_once(tmp_path: Path) -> None:
+    # on_exit runs in the slot threads: the engine serializes it with the pulls from `jobs`.
+    busy: list[str] = []
+    overlaps: list[str] = []
+
+    def enter(what: str) -> None:
+        if busy:
+            overlaps.append(f"{what} during {busy[0]}")
+        busy.append(what)
+
+    def jobs():  # type: ignore[no-untyped-def]
+        for i in range(12):
+            enter("next job")
+            time.sleep(0.01)
+            busy.pop()
+            yield Job(f"j{i}", (sys.executable, "-c", "pass"), timeout=30)
+
+    def on_exit(ex: Exit) -> None:
+        enter(ex.job.run_id)
+        time.sleep(0.02)
+        busy.pop()
+
+    engine = Engine(tmp_path / "work", jobs=3)
+    assert engine.run(jobs(), on_exit)
+    assert overlaps == []
+
+
+def test_children_get_the_callers_signal_mask_and_their_slot_as_cwd(tmp_path: Path) -> None:
+    # Slot threads block Ctrl-C and friends (Python handles signals in the main thread only)
+    # but children must not inherit that; and each slot's cwd is its own, not the process's.
+    code = ("import os; print(os.getcwd()); "
+            "print([l for l in open('/proc/self/status') if l.startswith('SigBlk')][0].strip())")
+    here = os.getcwd()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    seen = _run(tmp_path, [Job(f"c{i}", (sys.executable, "-c", code), timeout=30)
+                           for i in range(4)])
+    assert os.getcwd() == here
+    expected = sum(1 << (int(s) - 1) for s in blocked)
+    for r in seen.values():
+        cwd, sigblk = r["stdout"].splitlines()
+        assert Path(cwd) == r["workdir"]
+        assert int(sigblk.split()[1], 16) == expected
+
+
+def test_capture_keeps_both_ends_of_a_huge_output_and_frees_the_middle() -> None:
+    from harness.engine import CAPTURE_LIMIT, KEEP_HEAD, KEEP_TAIL, Capture
+
+    fd = os.memfd_create("test")
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    size = CAPTURE_LIMIT + (8 << 20)
+    for _ in range(size // len(chunk)):
+        os.write(fd, chunk)
+    capture = Capture(fd)
+    head, tail = capture.read(100, 200).split(b"\n[... ")
+    assert head == chunk[:100]
+    assert tail.endswith(chunk[-200:]) and f"{size - 300} bytes cut".encode() in tail
+    capture.trim()
+    assert os.fstat(fd).st_size == size  # same size: readers see the same cut
+    assert os.fstat(fd).st_blocks * 512 <= KEEP_HEAD + KEEP_TAIL + (1 << 20)
+    assert capture.read(KEEP_HEAD, 0).startswith(chunk[:1000])
+    assert capture.read(0, KEEP_TAIL // 2).endswith(chunk[-1000:])
+    small = Capture(os.memfd_create("small"))
+    os.write(small.fd, b"hello")
+    assert small.text() == "hello" and small.text(0, 2) == "\n[... 3 bytes cut ...]\nlo"
+    capture.close()
+    small.close()
+    assert capture.read() == b""
