@@ -52,8 +52,8 @@ SIGNIFICANCE = 0.001
 class Sizes:
     """How many runs each measurement makes (``--quick`` shrinks them)."""
 
-    reps: int = 8
-    trivial_runs: int = 150
+    reps: int = 12
+    trivial_runs: int = 300
     ultra_runs: int = 30
     memory_runs: tuple[int, int] = (1000, 10000)
     memory_child: str = "python"  # or "true": /bin/true, the cheapest child there is
@@ -62,7 +62,7 @@ class Sizes:
     verdict_cap: int = 600
 
 
-QUICK = Sizes(reps=4, trivial_runs=100, ultra_runs=25, memory_child="true", cost_runs=8,
+QUICK = Sizes(reps=6, trivial_runs=150, ultra_runs=25, memory_child="true", cost_runs=8,
               verdict_cap=400)
 
 
@@ -213,8 +213,11 @@ def _compare(bench: Bench, label: str, child: str, argv: list[str], runs: int,
 
     phase, bare = ratio("xargs", lambda h: h.phase_s)
     whole, _ = ratio("xargs", lambda h: h.wall_s)
+    each = sorted(x / h.phase_s for h, x in zip(harness, results["xargs"], strict=True))
+    spread = f"{each[len(each) // 4]:.2f}-{each[(3 * len(each)) // 4]:.2f}"
     bench.rows.append(Row(
-        f"throughput vs `xargs -P {jobs}`, {child} ({bench.sizes.reps} x {runs} runs)",
+        f"throughput vs `xargs -P {jobs}`, {child} (median of {bench.sizes.reps} paired "
+        f"ratios of {runs} runs; middle half {spread})",
         f"{phase:.3f} ({rate:.1f}/s vs {bare:.1f}/s)", ">= 0.95", phase >= 0.95))
     bench.rows.append(Row(
         f"the same, whole command (start-up, checks and 5 reports: {overhead:.1f} s)",
