@@ -489,8 +489,8 @@ class Engine:
                 with callbacks:
                     if failed:  # another callback failed: the run is over
                         return
-                    feed(slot)
                     on_exit(exit_)
+                    feed(slot)  # after: a record can end the plan (adaptive stopping)
             finally:
                 _forget(exit_)
 

@@ -6,7 +6,8 @@ exit (harness/classify.py), checks the services when the run failed (a dead etcd
 the core budget (harness/backtrace.py), keeps exemplar artifacts, appends the record to
 ``results.jsonl`` and updates the progress view. The record is on disk before it is counted:
 records are flushed in batches (at most :data:`FLUSH_EVERY` after their run ended), and counted
-once flushed.
+once flushed. With adaptive stopping, a record that ends its cell is flushed at once, so that
+the plan stops handing out that cell's runs without waiting for the batch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +27,7 @@ from harness.backtrace import CoreBudget, core_dump_unavailable, gdb_available, 
 from harness.classify import classify, needs_backtrace
 from harness.engine import Exit, Job
 from harness.plan import RunSpec
-from harness.progress import ProgressView
+from harness.progress import ProgressView, Tally
 
 if TYPE_CHECKING:
     from harness.workflow import Campaign, Cellinfo
@@ -50,8 +52,19 @@ def now_iso(ts: float | None = None) -> str:
 class Recorder:
     """Turns engine exits into records: classify, backtraces, artifacts, store, progress."""
 
-    def __init__(self, c: Campaign, view: ProgressView) -> None:
+    def __init__(
+        self,
+        c: Campaign,
+        view: ProgressView,
+        ends_cell: Callable[[Counter[str]], bool] | None = None,
+    ) -> None:
+        """``ends_cell(counts)``: whether a cell with these counts is finished (adaptive)."""
         self.c = c
+        self.ends_cell = ends_cell
+        # Flushed and unflushed records, counted: a batch is flushed early when it ends a cell.
+        self._seen = Tally()
+        for cell, counter in c.tally.cells.items():
+            self._seen.cells[cell] = counter.copy()
         self.view = view
         self.specs: dict[str, RunSpec] = {}
         self.load = stressors.plan_load(c.plan)
@@ -243,8 +256,15 @@ class Recorder:
                 core.unlink()
             self.c.store.append(record, flush=False)
             self._unflushed.append(record)
-            if time.monotonic() - self._flushed_at >= FLUSH_EVERY:
+            ends_cell = self._ends_cell(record)
+            if ends_cell or time.monotonic() - self._flushed_at >= FLUSH_EVERY:
                 self._flush()
+
+    def _ends_cell(self, record: dict[str, Any]) -> bool:
+        if self.ends_cell is None:
+            return False
+        self._seen.add(record)
+        return self.ends_cell(self._seen.cells[(record["scenario"], record["strategy"])])
 
     def _flush(self) -> None:
         """Flush results.jsonl, then count what it holds now (call with the lock held)."""

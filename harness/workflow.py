@@ -18,6 +18,7 @@ import shlex
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,7 +332,8 @@ def execute(c: Campaign) -> None:
     planned = plan_size(cells, runs, shard)
     for record in iter_records(c.out):  # a resumed campaign counts what it already has
         c.tally.add(record)
-    cell_done = _adaptive(c) if c.plan.get("until_halfwidth") else None
+    counter_done = _adaptive(c) if c.plan.get("until_halfwidth") else None
+    cell_done = _cell_done(c, counter_done) if counter_done is not None else None
     if c.plan.get("cores", "auto") != "off":
         raise_core_limit()
     engine = Engine(c.out / ".work", jobs=c.plan["jobs"])
@@ -348,7 +350,7 @@ def execute(c: Campaign) -> None:
         with ProgressView(
             c.tally, planned, stream=c.stream, already=len(done), adaptive=cell_done is not None
         ) as view:
-            recorder = Recorder(c, view)
+            recorder = Recorder(c, view, ends_cell=counter_done)
             try:
                 c.completed = engine.run(
                     recorder.jobs(iter_plan(cells, runs, shard, done, cell_done)),
@@ -375,16 +377,26 @@ def _interrupt(c: Campaign, engine: Engine) -> None:
     engine.stop()
 
 
-def _adaptive(c: Campaign) -> Callable[[Cell], bool]:
+def _adaptive(c: Campaign) -> Callable[[Counter[str]], bool]:
+    """Whether a cell's counts are enough to stop it (``--until-halfwidth``)."""
     from harness.stats import cell_done
 
     width = float(c.plan["until_halfwidth"])
 
+    def done(counter: Counter[str]) -> bool:
+        return bool(cell_done(Tally.failures(counter), Tally.runs(counter), width))
+
+    return done
+
+
+def _cell_done(
+    c: Campaign, counter_done: Callable[[Counter[str]], bool]
+) -> Callable[[Cell], bool]:
+    """Whether a cell is finished, by what is on disk (the campaign's tally)."""
+
     def done(cell: Cell) -> bool:
         counter = c.tally.cells.get(cell)
-        if counter is None:
-            return False
-        return bool(cell_done(Tally.failures(counter), Tally.runs(counter), width))
+        return counter is not None and counter_done(counter)
 
     return done
 
