@@ -62,7 +62,7 @@ class Sizes:
     verdict_cap: int = 600
 
 
-QUICK = Sizes(reps=6, trivial_runs=150, ultra_runs=25, memory_child="true", cost_runs=8,
+QUICK = Sizes(reps=6, trivial_runs=150, ultra_runs=30, memory_child="true", cost_runs=8,
               verdict_cap=400)
 
 
