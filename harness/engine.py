@@ -303,9 +303,6 @@ class Engine:
         self.stopped = True
         self._events.put(_WAKE)  # SimpleQueue.put is reentrant
 
-    def close(self) -> None:
-        """Nothing to release: :meth:`run` closes what it opened."""
-
     # -- one slot ----------------------------------------------------------------------------
     def _slot_main(self, slot: _Slot, record: Callable[[_Slot, Exit | None], None]) -> None:
         error: BaseException | None = None

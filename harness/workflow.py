@@ -361,7 +361,6 @@ def execute(c: Campaign) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        engine.close()
         _remove_tree(c.out / ".work")
         _remove_tree(c.out / ".cores")
 

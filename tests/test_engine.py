@@ -38,7 +38,6 @@ def _run(tmp_path: Path, jobs: list[Job], parallel: int = 2, **kw: object) -> di
 
     engine = Engine(tmp_path / "work", jobs=parallel, **kw)  # type: ignore[arg-type]
     assert engine.run(jobs, on_exit)
-    engine.close()
     return seen
 
 
