@@ -27,7 +27,7 @@ from harness.backtrace import CoreBudget, core_dump_unavailable, gdb_available, 
 from harness.classify import classify, needs_backtrace
 from harness.engine import Exit, Job
 from harness.plan import RunSpec
-from harness.progress import ProgressView, Tally
+from harness.progress import ProgressView
 
 if TYPE_CHECKING:
     from harness.workflow import Campaign, Cellinfo
@@ -61,10 +61,6 @@ class Recorder:
         """``ends_cell(counts)``: whether a cell with these counts is finished (adaptive)."""
         self.c = c
         self.ends_cell = ends_cell
-        # Flushed and unflushed records, counted: a batch is flushed early when it ends a cell.
-        self._seen = Tally()
-        for cell, counter in c.tally.cells.items():
-            self._seen.cells[cell] = counter.copy()
         self.view = view
         self.specs: dict[str, RunSpec] = {}
         self.load = stressors.plan_load(c.plan)
@@ -78,7 +74,6 @@ class Recorder:
         self.analysis = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdb")
         self.core_dir = c.out / ".cores"
         self._unflushed: list[dict[str, Any]] = []
-        self._flushed_at = time.monotonic()
         self._closing = threading.Event()
         self._flusher = threading.Thread(target=self._flush_now_and_then, daemon=True,
                                          name="flush")
@@ -256,15 +251,18 @@ class Recorder:
                 core.unlink()
             self.c.store.append(record, flush=False)
             self._unflushed.append(record)
-            ends_cell = self._ends_cell(record)
-            if ends_cell or time.monotonic() - self._flushed_at >= FLUSH_EVERY:
+            if self._ends_cell(record):
                 self._flush()
 
     def _ends_cell(self, record: dict[str, Any]) -> bool:
+        """Whether the counts with the unflushed records end this record's cell (adaptive)."""
         if self.ends_cell is None:
             return False
-        self._seen.add(record)
-        return self.ends_cell(self._seen.cells[(record["scenario"], record["strategy"])])
+        cell = (record["scenario"], record["strategy"])
+        counts = Counter(self.c.tally.cells.get(cell, ()))
+        counts.update(r["category"] for r in self._unflushed
+                      if (r["scenario"], r["strategy"]) == cell)
+        return self.ends_cell(counts)
 
     def _flush(self) -> None:
         """Flush results.jsonl, then count what it holds now (call with the lock held)."""
@@ -275,9 +273,9 @@ class Recorder:
                 self.c.tally.add(record)
                 self.view.update(record)
             self._unflushed.clear()
-        self._flushed_at = time.monotonic()
 
     def _flush_now_and_then(self) -> None:
+        """Flush every FLUSH_EVERY: the bound on how long a record waits to be on disk."""
         while not self._closing.wait(FLUSH_EVERY):
             with self.lock:
                 self._flush()
