@@ -30,6 +30,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """The performance benchmark (bench/run.py): the README's table. Arguments go to it."""
+    session.install(".", env=COMPILED)
+    session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session
 def stress(session: nox.Session) -> None:
     """The main job: default scenarios x default strategies on the embedded etcd.
 

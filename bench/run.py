@@ -1,7 +1,8 @@
 """How fast is the harness, measured side by side with what a user would otherwise write.
 
-    python bench/run.py            # a few minutes: the README's table
-    python bench/run.py --quick    # one to two minutes, smaller samples
+    nox -s bench                   # a few minutes: the README's table
+    nox -s bench -- --quick        # one to two minutes, smaller samples
+    python bench/run.py [--quick]  # the same, in a Python where the harness is installed
 
 Every comparison runs its variants interleaved (A, B, B, A, A, B, ...) in one invocation and
 reports the median of the per-repetition ratios, so that the load other programs put on the
@@ -25,6 +26,7 @@ not available the rows say why and the rest of the table is still printed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -433,6 +435,10 @@ def _sizes(args: argparse.Namespace) -> Sizes:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if importlib.util.find_spec("harness") is None:
+        sys.stderr.write("bench/run.py: the harness is not installed in this Python "
+                         f"({sys.executable}): run `nox -s bench`, or `pip install -e .` first\n")
+        return 2
     parts = set(args.only.split(","))
 
     def log(text: str) -> None:
