@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from harness import containers, services
+from shutdown_harness import containers, services
 
 
 def _service(kind: str) -> Iterator[services.Service]:
@@ -71,7 +70,7 @@ def container_engine() -> containers.Engine:
 def client_python() -> Callable[[str], Path]:
     """``client_python("etcd-client-py==0.4.1")``: the Python of a cached uv virtualenv with
     those packages (``+`` joins several), built once per machine like a strategy's."""
-    from harness import strategies, virtualenv
+    from shutdown_harness import strategies, virtualenv
 
     def build(packages: str) -> Path:
         return virtualenv.ensure(strategies.parse_inline(packages, {"clients": {}}))

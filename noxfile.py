@@ -70,5 +70,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
+    """mypy on the installed package: harness/ and scenarios/ are ``shutdown_harness`` only once
+    installed (pyproject.toml maps the folders)."""
     session.install(".[test]", "mypy")
-    session.run("mypy")
+    session.run("mypy", "-p", "shutdown_harness", "--config-file", str(ROOT / "pyproject.toml"),
+                "--cache-dir", str(ROOT / ".mypy_cache"))

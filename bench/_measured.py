@@ -19,7 +19,7 @@ __all__ = ["main"]
 def main() -> int:
     out, argv = sys.argv[1], sys.argv[2:]
     started = time.monotonic()
-    from harness.cli import main as harness_main
+    from shutdown_harness.cli import main as harness_main
 
     imported = time.monotonic()
     try:

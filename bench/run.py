@@ -287,7 +287,7 @@ def _etcd(bench: Bench) -> Iterator[str]:
     if bench.etcd:
         yield bench.etcd
         return
-    from harness import services
+    from shutdown_harness import services
 
     with services.start("etcd", "embedded") as service:
         service.check()
@@ -341,7 +341,7 @@ def measure_verdict(bench: Bench, endpoint: str) -> None:
     results.jsonl and stops the campaign (SIGINT: every finished run is kept) at the first run
     after which the two-sided Fisher test of the two cells is below ``SIGNIFICANCE``.
     """
-    from harness.stats import compare
+    from shutdown_harness.stats import compare
 
     old, new = bench.verdict_strategies
     out = bench.folder("verdict")
@@ -435,7 +435,7 @@ def _sizes(args: argparse.Namespace) -> Sizes:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    if importlib.util.find_spec("harness") is None:
+    if importlib.util.find_spec("shutdown_harness") is None:
         sys.stderr.write("bench/run.py: the harness is not installed in this Python "
                          f"({sys.executable}): run `nox -s bench`, or `pip install -e .` first\n")
         return 2

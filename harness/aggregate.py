@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import stats
-from harness.errors import UsageError
-from harness.store import CAMPAIGN, RESULTS, Distinct, iter_records, read_campaign
+from shutdown_harness import stats
+from shutdown_harness.errors import UsageError
+from shutdown_harness.store import CAMPAIGN, RESULTS, Distinct, iter_records, read_campaign
 
 __all__ = [
     "FAILURE_CATEGORIES",

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from harness.classify import Verdict
+    from shutdown_harness.classify import Verdict
 
 __all__ = [
     "GDB_COMMANDS",

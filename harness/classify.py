@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness import MARKER
-from harness.backtrace import crashing_thread_frames, frame_signature, significant_frames
-from harness.errors import UsageError
-from harness.signatures import first_match, rule_by_id
+from shutdown_harness import MARKER
+from shutdown_harness.backtrace import crashing_thread_frames, frame_signature, significant_frames
+from shutdown_harness.errors import UsageError
+from shutdown_harness.signatures import first_match, rule_by_id
 
 __all__ = [
     "CATEGORIES",

@@ -1,4 +1,4 @@
-"""The command line: ``shutdown-harness SUBCOMMAND ...`` (also ``python -m harness``).
+"""The command line: ``shutdown-harness SUBCOMMAND ...`` (also ``python -m shutdown_harness``).
 
 Exit codes: 0 success; 1 a gate or threshold failed; 2 bad input or an unusable environment
 (one line on stderr, no traceback); 130 interrupted (every finished run is kept: ``--resume``).
@@ -16,10 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from harness import __version__
-from harness.errors import EXIT_OK, EXIT_USAGE, UsageError
-from harness.services import validate_how
-from harness.stressors import parse_jobs
+from shutdown_harness import __version__
+from shutdown_harness.errors import EXIT_OK, EXIT_USAGE, UsageError
+from shutdown_harness.services import validate_how
+from shutdown_harness.stressors import parse_jobs
 
 __all__ = ["main", "build_parser"]
 
@@ -91,7 +91,7 @@ def _argtype(parse: Callable[[str], Any], option: str) -> Callable[[str], Any]:
 
 
 def _exit_delay(text: str) -> float:
-    from harness.stressors import parse_exit_delay
+    from shutdown_harness.stressors import parse_exit_delay
 
     value = parse_exit_delay(text)
     if value <= 0:
@@ -100,7 +100,7 @@ def _exit_delay(text: str) -> float:
 
 
 def _halfwidth(text: str) -> float:
-    from harness.stats import parse_halfwidth
+    from shutdown_harness.stats import parse_halfwidth
 
     return parse_halfwidth(text)
 
@@ -222,8 +222,8 @@ def _plan_from_args(
     strategies = _csv(args.strategy) or _csv(preset.get("strategies")) or config.get(
         "default-strategies", [config.get("default-strategy", "etcd-0.5.1")]
     )
-    from harness.plan import parse_shard
-    from harness.workflow import new_plan
+    from shutdown_harness.plan import parse_shard
+    from shutdown_harness.workflow import new_plan
 
     pin = pick("pin")
     shard = parse_shard(pick("shard"))
@@ -245,7 +245,7 @@ def _plan_from_args(
         "faulthandler": False if pick("no_faulthandler") else None,
     }
     if pin:
-        from harness.stressors import pin_cpus
+        from shutdown_harness.stressors import pin_cpus
 
         chosen["pin_cpus"] = pin_cpus(pin)
     plan = new_plan(
@@ -259,7 +259,7 @@ def _plan_from_args(
 
 
 def _cmd_run(args: argparse.Namespace, config: dict[str, Any], argv: Sequence[str]) -> int:
-    from harness.workflow import Campaign, run
+    from shutdown_harness.workflow import Campaign, run
 
     plan, given = _plan_from_args(args, config)
     if args.out is not None:
@@ -283,14 +283,13 @@ def _cmd_run(args: argparse.Namespace, config: dict[str, Any], argv: Sequence[st
 def _cmd_list(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from rich.console import Console
     from rich.table import Table
-
-    from harness import scenarios, strategies
+    from shutdown_harness import discovery, strategies
 
     console = Console()
     table = Table(title="scenarios", title_justify="left")
     for column in ("name", "services", "runs", "timeout", "what it reproduces"):
         table.add_column(column)
-    for info in scenarios.builtin():
+    for info in discovery.builtin():
         table.add_row(
             info.name, ",".join(info.services) or "-", str(info.runs), f"{info.timeout:g}s",
             info.summary,
@@ -314,26 +313,26 @@ def _cmd_list(args: argparse.Namespace, config: dict[str, Any]) -> int:
 def _cmd_classify(args: argparse.Namespace, config: dict[str, Any]) -> int:
     import json
 
-    from harness.classify import classify_file
+    from shutdown_harness.classify import classify_file
 
     print(json.dumps(classify_file(args.file), indent=2))
     return EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace, config: dict[str, Any]) -> int:
-    from harness import reports
+    from shutdown_harness import reports
 
     return reports.report_command(args.dir, args.format, args.output, config=config)
 
 
 def _cmd_compare(args: argparse.Namespace, config: dict[str, Any]) -> int:
-    from harness import reports
+    from shutdown_harness import reports
 
     return reports.compare_command(args.dir, config=config)
 
 
 def _cmd_evidence(args: argparse.Namespace, config: dict[str, Any]) -> int:
-    from harness.evidence import build_bundle
+    from shutdown_harness.evidence import build_bundle
 
     bundle = build_bundle(args.dir, args.out, gates=config.get("gates"))
     print(f"evidence bundle: {bundle}")
@@ -341,7 +340,7 @@ def _cmd_evidence(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace, config: dict[str, Any]) -> int:
-    from harness.merge import merge
+    from shutdown_harness.merge import merge
 
     merge(args.dirs, args.out)
     print(f"merged {len(args.dirs)} folders into {args.out}")
@@ -349,7 +348,7 @@ def _cmd_merge(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace, config: dict[str, Any]) -> int:
-    from harness import doctor
+    from shutdown_harness import doctor
 
     return doctor.main()
 
@@ -364,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        from harness import config as config_module
+        from shutdown_harness import config as config_module
 
         config = config_module.load(args.config)
         if args.command_name == "run":

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
+from shutdown_harness.errors import UsageError
 
 __all__ = ["load", "DEFAULTS_PATH"]
 

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-
-from harness import containers, services
-from harness.errors import EXIT_OK
+from shutdown_harness import containers, services
+from shutdown_harness.errors import EXIT_OK
 
 __all__ = ["Check", "collect", "render", "main"]
 

@@ -28,11 +28,12 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from harness import MARKER, __version__
-from harness.aggregate import Aggregate, Cell, load_campaign
-from harness.errors import UsageError
-from harness.reports import prepare, render
-from harness.reports._common import (
+from shutdown_harness import MARKER, __version__
+from shutdown_harness.aggregate import Aggregate, Cell, load_campaign
+from shutdown_harness.discovery import BUILTIN_DIR
+from shutdown_harness.errors import UsageError
+from shutdown_harness.reports import prepare, render
+from shutdown_harness.reports._common import (
     ReportData,
     artifact_dir,
     command_line,
@@ -41,7 +42,7 @@ from harness.reports._common import (
     read_artifact,
     verdicts,
 )
-from harness.reports.markdown import cells_table, escape
+from shutdown_harness.reports.markdown import cells_table, escape
 
 __all__ = ["build_bundle", "reproducer_source", "scenario_path", "focus_cell"]
 
@@ -70,7 +71,7 @@ def scenario_path(agg: Aggregate, scenario: str) -> Path | None:
     paths = campaign.get("scenarios_paths")
     if isinstance(paths, dict) and paths.get(scenario):
         candidates.append(Path(paths[scenario]))
-    builtin = Path(__file__).resolve().parent.parent / "scenarios"
+    builtin = BUILTIN_DIR
     candidates += [Path(scenario), builtin / f"{scenario}.py",
                    builtin / f"{scenario.replace('-', '_')}.py"]
     for path in candidates:

@@ -34,9 +34,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from harness import stats
-from harness.aggregate import Aggregate, Cell
-from harness.errors import UsageError
+from shutdown_harness import stats
+from shutdown_harness.aggregate import Aggregate, Cell
+from shutdown_harness.errors import UsageError
 
 __all__ = ["THRESHOLDS", "Gate", "GateResult", "parse_gates", "evaluate", "unmatched"]
 

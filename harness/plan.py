@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from harness.errors import UsageError
+from shutdown_harness.errors import UsageError
 
 __all__ = ["RunSpec", "Cell", "parse_shard", "iter_plan", "plan_size"]
 

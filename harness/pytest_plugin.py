@@ -62,13 +62,12 @@ from types import CodeType
 from typing import Any
 
 import pytest
-
-from harness import config as config_module
-from harness import stressors
-from harness.errors import UsageError
-from harness.progress import FAILURE_CATEGORIES, Tally
-from harness.stats import format_pct, wilson_interval
-from harness.store import iter_records
+from shutdown_harness import config as config_module
+from shutdown_harness import stressors
+from shutdown_harness.errors import UsageError
+from shutdown_harness.progress import FAILURE_CATEGORIES, Tally
+from shutdown_harness.stats import format_pct, wilson_interval
+from shutdown_harness.store import iter_records
 
 __all__ = [
     "HOST_STRATEGY",
@@ -305,7 +304,7 @@ class _SessionServices:
             service.stop()
             service = None
         if service is None:
-            from harness import services
+            from shutdown_harness import services
 
             service = self.started[kind] = services.start(kind, "embedded")
         return str(service.endpoint)
@@ -437,8 +436,8 @@ class ShutdownStress:
         seed: int,
         params: Mapping[str, Any] | None,
     ) -> StressResult:
-        from harness import scenarios
-        from harness.workflow import Campaign, new_plan, run
+        from shutdown_harness import discovery
+        from shutdown_harness.workflow import Campaign, new_plan, run
 
         if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
             raise UsageError(f"runs must be a positive whole number, not {runs!r}")
@@ -463,7 +462,7 @@ class ShutdownStress:
             if params:
                 raise UsageError("params= is for function scenarios only")
             spec = str(scenario)
-        info = scenarios.resolve([spec])[0]
+        info = discovery.resolve([spec])[0]
         endpoints = self._endpoints(info.services, given)
         strategy = strategy or self._config.getoption("shutdown_strategy", None) or HOST_STRATEGY
         config = self._config_with_host()

@@ -22,15 +22,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import MARKER, stressors
-from harness.backtrace import CoreBudget, core_dump_unavailable, gdb_available, run_gdb
-from harness.classify import classify, needs_backtrace
-from harness.engine import Exit, Job
-from harness.plan import RunSpec
-from harness.progress import ProgressView
+from shutdown_harness import MARKER, stressors
+from shutdown_harness.backtrace import CoreBudget, core_dump_unavailable, gdb_available, run_gdb
+from shutdown_harness.classify import classify, needs_backtrace
+from shutdown_harness.engine import Exit, Job
+from shutdown_harness.plan import RunSpec
+from shutdown_harness.progress import ProgressView
 
 if TYPE_CHECKING:
-    from harness.workflow import Campaign, Cellinfo
+    from shutdown_harness.workflow import Campaign, Cellinfo
 
 __all__ = ["Recorder", "now_iso", "record_fields"]
 

@@ -50,8 +50,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from harness import containers
-from harness.errors import UsageError
+from shutdown_harness import containers
+from shutdown_harness.errors import UsageError
 
 __all__ = [
     "KINDS",

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
+from shutdown_harness.errors import UsageError
 
 __all__ = [
     "RULES_PATH",

@@ -23,8 +23,7 @@ from typing import Any
 
 from scipy.stats import binomtest, fisher_exact, norm
 from scipy.stats.contingency import relative_risk
-
-from harness.errors import UsageError
+from shutdown_harness.errors import UsageError
 
 __all__ = [
     "CONFIDENCE",

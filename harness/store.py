@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
+from shutdown_harness.errors import UsageError
 
 __all__ = [
     "CAMPAIGN",

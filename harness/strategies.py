@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
+from shutdown_harness.errors import UsageError
 
 __all__ = [
     "MODES",
@@ -295,7 +295,7 @@ def check_mode(strategy: Strategy, python: Path) -> None:
 
 
 def _versions_text(strategy: Strategy, python: Path) -> str:
-    from harness.virtualenv import installed_versions
+    from shutdown_harness.virtualenv import installed_versions
 
     try:
         versions = installed_versions(python)

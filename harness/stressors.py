@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from harness.errors import UsageError
+from shutdown_harness.errors import UsageError
 
 __all__ = [
     "cpu_count",

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-
-from harness.errors import UsageError
-from harness.strategies import Strategy, spec_hash
+from shutdown_harness.errors import UsageError
+from shutdown_harness.strategies import Strategy, spec_hash
 
 __all__ = ["MARKER_FILE", "cache_root", "venv_dir", "ensure", "installed_versions"]
 
@@ -123,7 +122,7 @@ def _run_uv(args: list[str], strategy: Strategy) -> None:
 def _query_versions(python: Path) -> dict[str, str]:
     try:
         done = subprocess.run(
-            [str(python), "-c", _VERSIONS_SCRIPT], capture_output=True, text=True, timeout=120
+            [str(python), "-I", "-c", _VERSIONS_SCRIPT], capture_output=True, text=True, timeout=120
         )
         versions = json.loads(done.stdout)
     except (OSError, subprocess.TimeoutExpired, ValueError):

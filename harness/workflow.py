@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from harness import __version__, stressors
-from harness.engine import Engine, raise_core_limit
-from harness.errors import EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, UsageError
-from harness.plan import Cell, iter_plan, plan_size
-from harness.progress import ProgressView, Tally
-from harness.recorder import Recorder, now_iso
-from harness.store import ResultStore, iter_records
+from shutdown_harness import __version__, stressors
+from shutdown_harness.engine import Engine, raise_core_limit
+from shutdown_harness.errors import EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from shutdown_harness.plan import Cell, iter_plan, plan_size
+from shutdown_harness.progress import ProgressView, Tally
+from shutdown_harness.recorder import Recorder, now_iso
+from shutdown_harness.store import ResultStore, iter_records
 
 __all__ = ["Campaign", "run", "new_plan", "TASKS", "COMMAND_SCENARIO", "COMMAND_STRATEGY"]
 
@@ -70,7 +70,7 @@ class Campaign:
     store: ResultStore | None = None
     services: Any = None  # harness.services.ServiceSet
     endpoints: dict[str, str] = field(default_factory=dict)
-    scenarios: list[Any] = field(default_factory=list)  # harness.scenarios.ScenarioInfo
+    scenarios: list[Any] = field(default_factory=list)  # shutdown_harness.discovery.ScenarioInfo
     strategies: dict[str, Any] = field(default_factory=dict)  # name -> Strategy
     pythons: dict[str, Path] = field(default_factory=dict)  # strategy -> venv python
     cells: dict[Cell, Cellinfo] = field(default_factory=dict)
@@ -171,9 +171,9 @@ def resolve_scenarios(c: Campaign) -> None:
     service starts)."""
     if c.plan.get("command"):
         return
-    from harness import scenarios
+    from shutdown_harness import discovery
 
-    c.scenarios = scenarios.resolve(c.plan["scenarios"])
+    c.scenarios = discovery.resolve(c.plan["scenarios"])
 
 
 def start_services(c: Campaign) -> None:
@@ -181,7 +181,7 @@ def start_services(c: Campaign) -> None:
     needed = sorted({s for info in c.scenarios for s in info.services})
     if not needed:
         return
-    from harness import services
+    from shutdown_harness import services
 
     c.services = services.ServiceSet(
         {kind: c.plan.get(kind) or "auto" for kind in needed}, log=c.say
@@ -194,7 +194,7 @@ def prepare_strategies(c: Campaign) -> None:
     """Build (or reuse) one virtualenv per strategy and check its cleanup mode."""
     if c.plan.get("command"):
         return
-    from harness import strategies, virtualenv
+    from shutdown_harness import strategies, virtualenv
 
     for strategy in strategies.resolve(c.plan["strategies"], c.config):
         if strategy.requirements:
@@ -225,7 +225,7 @@ def plan_cells(c: Campaign) -> None:
             executable=exe,
         )
         return
-    from harness import scenarios, virtualenv
+    from shutdown_harness import discovery, virtualenv
 
     for info in c.scenarios:
         for name, strategy in c.strategies.items():
@@ -233,7 +233,7 @@ def plan_cells(c: Campaign) -> None:
             env = {**base_env}
             for kind, endpoint in c.endpoints.items():
                 env[f"SHUTDOWN_HARNESS_{kind.upper()}"] = endpoint
-            reason = scenarios.probe(info, python, env)
+            reason = discovery.probe(info, python, env)
             if reason is not None:
                 c.not_applicable[f"{info.name}/{name}"] = reason
                 continue
@@ -378,7 +378,7 @@ def _interrupt(c: Campaign, engine: Engine) -> None:
 
 def _adaptive(c: Campaign) -> Callable[[Counter[str]], bool]:
     """Whether a cell's counts are enough to stop it (``--until-halfwidth``)."""
-    from harness.stats import cell_done
+    from shutdown_harness.stats import cell_done
 
     width = float(c.plan["until_halfwidth"])
 
@@ -414,7 +414,7 @@ def write_reports(c: Campaign) -> None:
     """Every report format next to the results; the terminal table; gates decide the exit."""
     if c.interrupted or not c.with_reports:
         return
-    from harness import reports
+    from shutdown_harness import reports
 
     data = reports.prepare(c.out, c.config.get("gates") or {})
     c.reports = reports.write_all(data, c.out)

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 from fixtures.campaigns import synth
-
-from harness.aggregate import iter_records, load_campaign, load_label
-from harness.errors import UsageError
+from shutdown_harness.aggregate import iter_records, load_campaign, load_label
+from shutdown_harness.errors import UsageError
 
 
 def test_cells_count_failures_over_non_infra_runs(tmp_path: Path) -> None:

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from harness.backtrace import (
+from shutdown_harness.backtrace import (
     CoreBudget,
     core_dump_unavailable,
     crashing_thread_frames,
@@ -23,7 +22,7 @@ from harness.backtrace import (
     run_gdb,
     significant_frames,
 )
-from harness.classify import classify, needs_backtrace
+from shutdown_harness.classify import classify, needs_backtrace
 
 CORPUS = Path(__file__).parent / "fixtures" / "crashes"
 

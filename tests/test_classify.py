@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from harness import MARKER
-from harness.classify import classify, classify_file, needs_backtrace, signal_name
-from harness.errors import UsageError
+from shutdown_harness import MARKER
+from shutdown_harness.classify import classify, classify_file, needs_backtrace, signal_name
+from shutdown_harness.errors import UsageError
 
 CORPUS = Path(__file__).parent / "fixtures" / "crashes"
 CASES = sorted(CORPUS.glob("*.json"))

@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from harness.stats import wilson_interval
+from shutdown_harness.stats import wilson_interval
 
 BEHAVE = Path(__file__).parent / "children" / "behave.py"
-HARNESS = [sys.executable, "-m", "harness"]
+HARNESS = [sys.executable, "-m", "shutdown_harness"]
 
 
 def _harness(

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from harness import containers, services
+from shutdown_harness import containers, services
 
 
 def _names(tar_bytes: bytes) -> dict[str, tarfile.TarInfo]:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-
-from harness import doctor
+from shutdown_harness import doctor
 
 
 def _by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:

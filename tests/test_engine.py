@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from harness.engine import Engine, Exit, Job, raise_core_limit
+from shutdown_harness.engine import Engine, Exit, Job, raise_core_limit
 
 BEHAVE = Path(__file__).parent / "children" / "behave.py"
 
@@ -201,7 +200,7 @@ def test_children_get_the_callers_signal_mask_and_their_slot_as_cwd(tmp_path: Pa
 
 
 def test_capture_keeps_both_ends_of_a_huge_output_and_frees_the_middle() -> None:
-    from harness.engine import CAPTURE_LIMIT, KEEP_HEAD, KEEP_TAIL, Capture
+    from shutdown_harness.engine import CAPTURE_LIMIT, KEEP_HEAD, KEEP_TAIL, Capture
 
     fd = os.memfd_create("test")
     chunk = bytes(range(256)) * 4096  # 1 MiB

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from fixtures.campaigns import synth
-
-from harness import scenarios
-from harness.errors import UsageError
-from harness.evidence import build_bundle, scenario_path
+from shutdown_harness import discovery
+from shutdown_harness.errors import UsageError
+from shutdown_harness.evidence import build_bundle, scenario_path
 
 SCENARIOS = Path(__file__).parent / "fixtures" / "campaigns" / "scenarios"
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,9 +102,9 @@ def test_reproducer_crashes_etcd_client_0_4_1(
 
 
 def test_scenario_path_falls_back_to_the_builtin_folder(tmp_path: Path) -> None:
-    from harness.aggregate import load_campaign
+    from shutdown_harness.aggregate import load_campaign
 
     synth.make_campaign(tmp_path, [synth.CellSpec("concurrent-ops", "a", 1, {})])
     path = scenario_path(load_campaign(tmp_path), "concurrent-ops")
-    assert path == scenarios.BUILTIN_DIR / "concurrent_ops.py"  # installed or source tree
+    assert path == discovery.BUILTIN_DIR / "concurrent_ops.py"  # installed or source tree
     assert path.exists()

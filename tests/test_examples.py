@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-
-from harness import config as config_module
-from harness.cli import build_parser
-from harness.plan import parse_shard
+from shutdown_harness import config as config_module
+from shutdown_harness.cli import build_parser
+from shutdown_harness.plan import parse_shard
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / "examples" / "github-actions.yml"

@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 from fixtures.campaigns import synth
-
-from harness.aggregate import load_campaign
-from harness.errors import UsageError
-from harness.gates import evaluate, parse_gates, unmatched
-from harness.reports import report_command
+from shutdown_harness.aggregate import load_campaign
+from shutdown_harness.errors import UsageError
+from shutdown_harness.gates import evaluate, parse_gates, unmatched
+from shutdown_harness.reports import report_command
 
 
 @pytest.fixture(scope="module")

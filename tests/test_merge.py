@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 from fixtures.campaigns import synth
-
-from harness.aggregate import iter_records, load_campaign, read_campaign
-from harness.errors import UsageError
-from harness.merge import merge
-from harness.plan import iter_plan
+from shutdown_harness.aggregate import iter_records, load_campaign, read_campaign
+from shutdown_harness.errors import UsageError
+from shutdown_harness.merge import merge
+from shutdown_harness.plan import iter_plan
 
 CELLS = [("puts", "etcd-0.4.1"), ("puts", "etcd-0.5.1"), ("watch", "etcd-0.4.1")]
 RUNS = 25

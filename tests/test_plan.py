@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from harness.errors import UsageError
-from harness.plan import RunSpec, iter_plan, parse_shard, plan_size
+from shutdown_harness.errors import UsageError
+from shutdown_harness.plan import RunSpec, iter_plan, parse_shard, plan_size
 
 CELLS = [("watch", "a"), ("watch", "b")]
 

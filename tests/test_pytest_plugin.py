@@ -20,10 +20,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from harness import pytest_plugin
-from harness.errors import UsageError
-from harness.store import iter_records
+from shutdown_harness import pytest_plugin
+from shutdown_harness.errors import UsageError
+from shutdown_harness.store import iter_records
 
 pytest_plugins = ["pytester"]
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 from fixtures.campaigns import synth
-
-from harness.errors import UsageError
-from harness.reports import FORMATS, compare_command, render, write_all
+from shutdown_harness.errors import UsageError
+from shutdown_harness.reports import FORMATS, compare_command, render, write_all
 
 GATES = {"etcd-0.5.1": {"max_upper": 0.001}, "etcd-0.4.1": {"min_lower": 0.1}}
 

@@ -12,9 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from harness import MARKER, scenarios
-from harness.errors import UsageError
+from shutdown_harness import MARKER, discovery
+from shutdown_harness.errors import UsageError
 
 #: Every scenario the issue asks for (sanity.py is written elsewhere and checked too).
 EXPECTED = {
@@ -44,15 +43,15 @@ def _write(tmp_path: Path, name: str, body: str) -> Path:
 
 # -- discovery -----------------------------------------------------------------------------
 def test_builtin_lists_every_scenario_with_its_contract() -> None:
-    infos = {info.name: info for info in scenarios.builtin()}
+    infos = {info.name: info for info in discovery.builtin()}
     assert EXPECTED <= set(infos)
     assert not any(name.startswith("_") for name in infos)  # _clients.py is a helper
     for info in infos.values():
         assert info.summary and not info.summary.endswith("\n"), info.name
         assert info.description, f"{info.name}: docstring needs a description"
-        assert set(info.services) <= set(scenarios.KNOWN_SERVICES) and info.services
+        assert set(info.services) <= set(discovery.KNOWN_SERVICES) and info.services
         assert info.runs >= 1 and info.timeout > 0
-        assert info.path == scenarios.BUILTIN_DIR / f"{info.name}.py"
+        assert info.path == discovery.BUILTIN_DIR / f"{info.name}.py"
     assert infos["etcd_and_valkey"].services == ("etcd", "valkey")
     assert infos["concurrent_ops"].runs == 300 and infos["concurrent_ops"].timeout == 15.0
 
@@ -74,8 +73,8 @@ def test_read_never_imports_the_scenario(tmp_path: Path) -> None:
             pass
         ''',
     )
-    info = scenarios.read(path)
-    assert info == scenarios.ScenarioInfo(
+    info = discovery.read(path)
+    assert info == discovery.ScenarioInfo(
         name="mine",
         path=path,
         summary="My scenario.",
@@ -87,12 +86,12 @@ def test_read_never_imports_the_scenario(tmp_path: Path) -> None:
 
 
 def test_read_defaults_for_a_bare_user_script(tmp_path: Path) -> None:
-    info = scenarios.read(_write(tmp_path, "bare.py", "def main():\n    pass\n"))
+    info = discovery.read(_write(tmp_path, "bare.py", "def main():\n    pass\n"))
     assert (info.summary, info.services, info.runs, info.timeout) == (
         "",
-        scenarios.DEFAULT_SERVICES,
-        scenarios.DEFAULT_RUNS,
-        scenarios.DEFAULT_TIMEOUT,
+        discovery.DEFAULT_SERVICES,
+        discovery.DEFAULT_RUNS,
+        discovery.DEFAULT_TIMEOUT,
     )
 
 
@@ -112,14 +111,14 @@ def test_read_rejects_a_broken_scenario_in_one_line(
     tmp_path: Path, body: str, message: str
 ) -> None:
     with pytest.raises(UsageError, match=message) as e:
-        scenarios.read(_write(tmp_path, "broken.py", body))
+        discovery.read(_write(tmp_path, "broken.py", body))
     assert "\n" not in str(e.value)
 
 
 # -- resolve -------------------------------------------------------------------------------
 def test_resolve_names_commas_paths_in_order_once(tmp_path: Path) -> None:
     mine = _write(tmp_path, "my_case.py", "async def main(): pass\n")
-    infos = scenarios.resolve(["ultra_rapid,concurrent_ops", str(mine), " ultra_rapid ", ""])
+    infos = discovery.resolve(["ultra_rapid,concurrent_ops", str(mine), " ultra_rapid ", ""])
     assert [i.name for i in infos] == ["ultra_rapid", "concurrent_ops", "my_case"]
     assert infos[2].path == mine.resolve()
 
@@ -127,42 +126,42 @@ def test_resolve_names_commas_paths_in_order_once(tmp_path: Path) -> None:
 def test_resolve_unknown_name_suggests_close_matches() -> None:
     with pytest.raises(UsageError, match=r"unknown scenario 'concurent_ops' \(did you mean "
                        r"concurrent_ops") as e:
-        scenarios.resolve(["concurent_ops"])
+        discovery.resolve(["concurent_ops"])
     assert "shutdown-harness list" in str(e.value)
     with pytest.raises(UsageError, match=r"unknown scenario 'zzz'; "):
-        scenarios.resolve(["zzz"])
+        discovery.resolve(["zzz"])
 
 
 def test_resolve_rejects_missing_and_non_python_paths(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="scenario file not found"):
-        scenarios.resolve([str(tmp_path / "nope.py")])
+        discovery.resolve([str(tmp_path / "nope.py")])
     text = _write(tmp_path, "notes.txt", "def main(): pass\n")
     with pytest.raises(UsageError, match="not a .py file"):
-        scenarios.resolve([str(text)])
+        discovery.resolve([str(text)])
 
 
 def test_resolve_refuses_two_files_with_one_name(tmp_path: Path) -> None:
     clash = _write(tmp_path, "concurrent_ops.py", "def main(): pass\n")
     with pytest.raises(UsageError, match="two scenarios are named 'concurrent_ops'"):
-        scenarios.resolve(["concurrent_ops", str(clash)])
+        discovery.resolve(["concurrent_ops", str(clash)])
 
 
 # -- probe ---------------------------------------------------------------------------------
 def test_probe_reports_applicable_reason_and_missing_module(tmp_path: Path) -> None:
     python = Path(sys.executable)
-    ok = scenarios.read(_write(tmp_path, "ok.py", "def main(): pass\n"))
-    assert scenarios.probe(ok, python) is None
-    no = scenarios.read(
+    ok = discovery.read(_write(tmp_path, "ok.py", "def main(): pass\n"))
+    assert discovery.probe(ok, python) is None
+    no = discovery.read(
         _write(tmp_path, "no.py", "def applicable():\n    return 'needs X'\ndef main(): pass\n")
     )
-    assert scenarios.probe(no, python) == "needs X"
-    imports = scenarios.read(
+    assert discovery.probe(no, python) == "needs X"
+    imports = discovery.read(
         _write(tmp_path, "imp.py", "import no_such_client_lib\ndef main(): pass\n")
     )
-    assert scenarios.probe(imports, python) == "No module named 'no_such_client_lib'"
-    boom = scenarios.read(_write(tmp_path, "boom.py", "1 / 0\ndef main(): pass\n"))
+    assert discovery.probe(imports, python) == "No module named 'no_such_client_lib'"
+    boom = discovery.read(_write(tmp_path, "boom.py", "1 / 0\ndef main(): pass\n"))
     with pytest.raises(UsageError, match="ZeroDivisionError"):
-        scenarios.probe(boom, python)
+        discovery.probe(boom, python)
 
 
 # -- every built-in scenario, for real ------------------------------------------------------
@@ -187,9 +186,9 @@ def python_051(client_python: Callable[[str], Path]) -> Path:
     return client_python("etcd-client-py==0.5.1+valkey-glide==2.6.0")
 
 
-def _run(python: Path, info: scenarios.ScenarioInfo, env: dict[str, str], index: int):
+def _run(python: Path, info: discovery.ScenarioInfo, env: dict[str, str], index: int):
     env = {**env, "SHUTDOWN_HARNESS_RUN_ID": f"{info.name}/test/{index}"}
-    argv = [str(python), str(scenarios.CHILD), str(info.path), "--mode", "none"]
+    argv = [str(python), str(discovery.CHILD), str(info.path), "--mode", "none"]
     try:
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=info.timeout)
     except subprocess.TimeoutExpired as e:  # a hung child: killed by subprocess.run
@@ -203,15 +202,15 @@ def _describe(done: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.mark.etcd
-@pytest.mark.parametrize("name", sorted(info.name for info in scenarios.builtin()))
+@pytest.mark.parametrize("name", sorted(info.name for info in discovery.builtin()))
 def test_every_scenario_runs_on_051(
     name: str, python_051: Path, etcd_endpoint: str, request: pytest.FixtureRequest
 ) -> None:
-    info = scenarios.resolve([name])[0]
+    info = discovery.resolve([name])[0]
     env = {**os.environ, "SHUTDOWN_HARNESS_ETCD": etcd_endpoint, "SHUTDOWN_HARNESS_SEED": "7"}
     if "valkey" in info.services:
         env["SHUTDOWN_HARNESS_VALKEY"] = request.getfixturevalue("valkey_endpoint")
-    assert scenarios.probe(info, python_051, env) is None
+    assert discovery.probe(info, python_051, env) is None
 
     with ThreadPoolExecutor(RUNS_EACH) as pool:
         runs = list(pool.map(lambda i: _run(python_051, info, env, i), range(RUNS_EACH)))
@@ -243,5 +242,5 @@ def test_every_scenario_runs_on_051(
 
 
 def test_expectations_name_real_scenarios() -> None:
-    names = {info.name for info in scenarios.builtin()}
+    names = {info.name for info in discovery.builtin()}
     assert DELIBERATE | KNOWN_TO_CRASH_ON_051 | KNOWN_RACY_ON_051 <= names

@@ -18,9 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from harness import services
-from harness.errors import UsageError
+from shutdown_harness import services
+from shutdown_harness.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,7 +206,7 @@ _HOLDER = textwrap.dedent(
     """
     import json, sys, time
     sys.path.insert(0, {root!r})
-    from harness import services
+    from shutdown_harness import services
     with services.ServiceSet({{"etcd": "embedded", "valkey": "embedded"}}) as s:
         print(json.dumps({{k: [s[k].pid, str(s[k].log_path.parent)] for k in s}}), flush=True)
         time.sleep(60)

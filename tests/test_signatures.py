@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from harness.classify import classify_file
-from harness.errors import UsageError
-from harness.signatures import _rust_location, first_match, load_rules, rules, scrub
+from shutdown_harness.classify import classify_file
+from shutdown_harness.errors import UsageError
+from shutdown_harness.signatures import _rust_location, first_match, load_rules, rules, scrub
 
 CORPUS = Path(__file__).parent / "fixtures" / "crashes"
 

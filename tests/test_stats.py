@@ -4,9 +4,8 @@ import math
 import re
 
 import pytest
-
-from harness import stats
-from harness.errors import UsageError
+from shutdown_harness import stats
+from shutdown_harness.errors import UsageError
 
 
 def _wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

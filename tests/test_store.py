@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from harness.errors import UsageError
-from harness.store import RESULTS, ResultStore, iter_records
+from shutdown_harness.errors import UsageError
+from shutdown_harness.store import RESULTS, ResultStore, iter_records
 
 
 def _record(i: int, signature: str = "clean") -> dict:

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from harness import config as config_module
-from harness import scenarios, strategies, virtualenv
-from harness.errors import UsageError
-from harness.strategies import Strategy
+from shutdown_harness import config as config_module
+from shutdown_harness import discovery, strategies, virtualenv
+from shutdown_harness.errors import UsageError
+from shutdown_harness.strategies import Strategy
 
 CLIENTS = {
     "etcd-client-py": {"module": "etcd_client", "cleanup": "cleanup_runtime"},
@@ -156,7 +155,7 @@ def test_builtin_defaults_resolve_and_cover_the_comparison() -> None:
     assert config["default-strategy"] in by_name
     stress = config["presets"]["stress"]  # what `nox -s stress` runs
     assert len(strategies.resolve(stress["strategies"], config)) >= 3
-    assert len(scenarios.resolve(stress["scenarios"])) >= 2
+    assert len(discovery.resolve(stress["scenarios"])) >= 2
 
 
 # -- check_mode against real clients -------------------------------------------------------

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from harness import stressors
-from harness.errors import UsageError
+from shutdown_harness import stressors
+from shutdown_harness.errors import UsageError
 
 USABLE = sorted(os.sched_getaffinity(0))
 

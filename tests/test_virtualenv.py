@@ -12,9 +12,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from harness import strategies, virtualenv
-from harness.errors import UsageError
+from shutdown_harness import strategies, virtualenv
+from shutdown_harness.errors import UsageError
 
 CONFIG = {"clients": {"etcd-client-py": {"module": "etcd_client", "cleanup": "cleanup_runtime"}}}
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +86,7 @@ def test_concurrent_builders_build_once(tmp_path: Path) -> None:
         f"""
         import sys
         from pathlib import Path
-        from harness import strategies, virtualenv
+        from shutdown_harness import strategies, virtualenv
         strategy = strategies.parse_inline("etcd-client-py==0.4.1", {{}})
         python = virtualenv.ensure(strategy, Path({str(tmp_path)!r}), lambda m: print(m))
         print("PYTHON", python)

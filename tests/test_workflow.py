@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from harness import config as config_module
-from harness.stats import cell_done
-from harness.store import iter_records
-from harness.workflow import Campaign, new_plan, run
+from shutdown_harness import config as config_module
+from shutdown_harness.stats import cell_done
+from shutdown_harness.store import iter_records
+from shutdown_harness.workflow import Campaign, new_plan, run
 
 SLOW_PUT = '''"""Puts a key every 50 ms for 0.4 s: long enough to be caught by a dying etcd."""
 import asyncio, os
@@ -140,7 +139,7 @@ def test_adaptive_stop_ends_a_clear_cell_early(tmp_path: Path) -> None:
 def test_crashes_beyond_the_gdb_budget_get_the_signature_of_their_exemplars(
     tmp_path: Path,
 ) -> None:
-    from harness.backtrace import core_dump_unavailable, gdb_available
+    from shutdown_harness.backtrace import core_dump_unavailable, gdb_available
 
     if gdb_available() or core_dump_unavailable():
         pytest.skip(f"no native backtraces here: {gdb_available() or core_dump_unavailable()}")

@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from harness import config as _config
-from harness.aggregate import Aggregate, load_campaign
-from harness.errors import EXIT_GATE, EXIT_OK, UsageError
-from harness.gates import evaluate, parse_gates, unmatched
-from harness.reports._common import ReportData
+from shutdown_harness import config as _config
+from shutdown_harness.aggregate import Aggregate, load_campaign
+from shutdown_harness.errors import EXIT_GATE, EXIT_OK, UsageError
+from shutdown_harness.gates import evaluate, parse_gates, unmatched
+from shutdown_harness.reports._common import ReportData
 
 __all__ = ["FORMATS", "FILENAMES", "render", "write_all", "prepare", "report_command",
            "compare_command", "print_terminal", "ReportData"]
@@ -67,7 +67,7 @@ def render(source: Path | str | Aggregate | ReportData, fmt: str,
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown report format {fmt!r} (one of: {', '.join(FORMATS)})")
-    module = importlib.import_module(f"harness.reports.{FORMATS[fmt]}")
+    module = importlib.import_module(f"shutdown_harness.reports.{FORMATS[fmt]}")
     text: str = module.render(prepare(source, gates), **options)
     return text
 
@@ -122,7 +122,7 @@ def report_command(directory: Path, fmt: str = "terminal", out: Path | None = No
 def compare_command(directory: Path, config: Mapping[str, Any] | Path | None = None,
                     stream: IO[str] | None = None) -> int:
     """`compare DIR`: strategies side by side per scenario, with intervals, p-values, verdicts."""
-    from harness.reports import terminal
+    from shutdown_harness.reports import terminal
 
     data = prepare(Path(directory), _gates_table(config))
     stream = stream or sys.stdout

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.aggregate import Aggregate, Cell, CellComparison
-from harness.gates import Gate, GateResult
+from shutdown_harness.aggregate import Aggregate, Cell, CellComparison
+from shutdown_harness.gates import Gate, GateResult
 
 __all__ = ["ReportData", "verdicts", "env_rows", "cell_label", "read_artifact", "title",
            "gate_status", "top_signatures_text", "command_line", "artifact_dir", "crashing_thread",

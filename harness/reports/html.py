@@ -8,9 +8,9 @@ import math
 from collections.abc import Callable
 from html import escape
 
-from harness import stats
-from harness.aggregate import Aggregate, Cell
-from harness.reports._common import (
+from shutdown_harness import stats
+from shutdown_harness.aggregate import Aggregate, Cell
+from shutdown_harness.reports._common import (
     ReportData,
     cell_label,
     command_line,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from harness.reports._common import ReportData
+from shutdown_harness.reports._common import ReportData
 
 __all__ = ["render"]
 

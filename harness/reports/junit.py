@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from harness.reports._common import ReportData, cell_label, top_signatures_text
+from shutdown_harness.reports._common import ReportData, cell_label, top_signatures_text
 
 __all__ = ["render"]
 

@@ -5,8 +5,8 @@ environment folded in a <details> block."""
 
 from __future__ import annotations
 
-from harness import stats
-from harness.reports._common import (
+from shutdown_harness import stats
+from shutdown_harness.reports._common import (
     ReportData,
     cell_label,
     command_line,

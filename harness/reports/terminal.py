@@ -9,8 +9,7 @@ import shutil
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-
-from harness.reports._common import (
+from shutdown_harness.reports._common import (
     ReportData,
     cell_label,
     gate_status,

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import UsageError
+from shutdown_harness import scenarios as _builtin_scenarios
+from shutdown_harness.errors import UsageError
 
 __all__ = [
     "ScenarioInfo",
@@ -34,7 +35,9 @@ __all__ = [
     "probe",
 ]
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+#: The built-in scenarios: the package ``shutdown_harness.scenarios`` (the repository's
+#: scenarios/ folder, wherever an install or an editable install maps it).
+BUILTIN_DIR = Path(_builtin_scenarios.__file__).resolve().parent
 CHILD = Path(__file__).resolve().parent / "child.py"
 KNOWN_SERVICES = ("etcd", "valkey")
 #: What a scenario file that does not say gets: this harness exists for etcd clients.
