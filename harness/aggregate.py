@@ -24,11 +24,10 @@ from typing import Any
 
 from shutdown_harness import stats
 from shutdown_harness.errors import UsageError
+from shutdown_harness.schema import CATEGORIES, FAILURE_CATEGORIES, counts_for_rate
 from shutdown_harness.store import CAMPAIGN, RESULTS, Distinct, iter_records, read_campaign
 
 __all__ = [
-    "FAILURE_CATEGORIES",
-    "CATEGORIES",
     "RESULTS",
     "CAMPAIGN",
     "Aggregate",
@@ -42,8 +41,6 @@ __all__ = [
     "load_campaign",
 ]
 
-FAILURE_CATEGORIES = ("crash", "error", "hang")
-CATEGORIES = ("clean", *FAILURE_CATEGORIES, "infra")
 _EXEMPLAR_KEYS = ("run_id", "category", "outcome", "signal", "returncode", "phase", "stderr_tail",
                   "artifacts", "frames", "backtrace", "exception", "notes", "client_version",
                   "python")
@@ -134,7 +131,7 @@ class Cell:
     @property
     def runs(self) -> int:
         """Runs that count: every run but infra ones."""
-        return sum(v for k, v in self.categories.items() if k != "infra")
+        return sum(v for k, v in self.categories.items() if counts_for_rate(k))
 
     @property
     def failures(self) -> int:

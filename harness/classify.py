@@ -4,7 +4,8 @@
 the work-done marker, optionally gdb's backtrace text); it runs for every run, so it does no
 I/O and its regexes are compiled once. The crash-family knowledge lives in
 `harness/data/signatures.toml` (`harness.signatures`) and the frame lists of
-`harness.backtrace`; this module only decides the order in which they are consulted:
+`harness.backtrace`, the record's vocabulary and `Verdict` in `harness.schema`; this module
+only decides the order in which they are consulted:
 
 1. category and outcome from the exit: infra (no process), hang (timed out), crash (a signal,
    also shell-style 128+N), error (non-zero exit), clean;
@@ -20,27 +21,23 @@ from __future__ import annotations
 
 import json
 import signal as _signal
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from shutdown_harness import MARKER
 from shutdown_harness.backtrace import crashing_thread_frames, frame_signature, significant_frames
 from shutdown_harness.errors import UsageError
+from shutdown_harness.schema import Verdict
 from shutdown_harness.signatures import first_match, rule_by_id
 
 __all__ = [
-    "CATEGORIES",
-    "PHASES",
-    "Verdict",
     "classify",
     "classify_file",
     "needs_backtrace",
     "signal_name",
 ]
 
-CATEGORIES = ("clean", "crash", "error", "hang", "infra")
-PHASES = ("work", "finalization", "unknown")
 #: How many normalized frames a verdict keeps for the record (the signature uses fewer).
 _RECORD_FRAMES = 8
 _MAX_EXCEPTION = 300
@@ -48,29 +45,6 @@ _SHELL_SIGNAL_BASE = 128
 #: stderr beyond this is cut to its head and tail (halves) before matching: rules look for
 #: the first fatal message and the last traceback, and a runaway child must not slow the loop.
 _STDERR_WINDOW = 256 * 1024
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What ended one run. ``notes`` say what the classifier did and why."""
-
-    category: str
-    outcome: str
-    signature: str
-    phase: str
-    signal: str | None = None
-    exception: str | None = None
-    frames: list[str] | None = None
-    notes: list[str] = field(default_factory=list)
-    #: where the signature came from: "exit", "stderr", "backtrace", "frames",
-    #: "inferred" (from other runs' cores, see harness.backtrace.CoreBudget) or "none"
-    source: str = "exit"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def with_note(self, note: str, **changes: Any) -> Verdict:
-        return replace(self, notes=[*self.notes, note], **changes)
 
 
 def signal_name(number: int) -> str:

@@ -16,10 +16,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from shutdown_harness.schema import FAILURE_CATEGORIES, counts_for_rate
 
-__all__ = ["Tally", "ProgressView", "FAILURE_CATEGORIES"]
-
-FAILURE_CATEGORIES = ("crash", "error", "hang")
+__all__ = ["Tally", "ProgressView"]
 
 
 class Tally:
@@ -45,7 +44,7 @@ class Tally:
     @staticmethod
     def runs(counter: Counter[str]) -> int:
         """Runs that count for a rate (infra runs are not a verdict on the client)."""
-        return sum(counter.values()) - counter["infra"]
+        return sum(n for c, n in counter.items() if counts_for_rate(c))
 
     @classmethod
     def describe(cls, counter: Counter[str]) -> str:

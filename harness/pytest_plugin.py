@@ -65,7 +65,8 @@ import pytest
 from shutdown_harness import config as config_module
 from shutdown_harness import stressors
 from shutdown_harness.errors import UsageError
-from shutdown_harness.progress import FAILURE_CATEGORIES, Tally
+from shutdown_harness.progress import Tally
+from shutdown_harness.schema import FAILURE_CATEGORIES
 from shutdown_harness.stats import format_pct, wilson_interval
 from shutdown_harness.store import iter_records
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shutdown_harness.errors import UsageError
+from shutdown_harness.schema import CATEGORIES, PHASES
 
 __all__ = [
     "RULES_PATH",
@@ -33,8 +34,6 @@ __all__ = [
 
 RULES_PATH = Path(__file__).parent / "data" / "signatures.toml"
 
-_CATEGORIES = frozenset({"clean", "crash", "error", "hang", "infra"})
-_PHASES = frozenset({"work", "finalization", "unknown"})
 _VARIABLE = re.compile(r"0x[0-9a-fA-F]+|\d+")
 _VERSIONED_CRATE = re.compile(r"^(?P<name>[A-Za-z][\w-]*?)-\d+\.\d+\.\d+\S*$")
 
@@ -133,10 +132,10 @@ def _rule(raw: dict[str, Any], index: int) -> Rule:
         if how not in _NORMALIZERS:
             raise UsageError(f"signature rule {rule_id!r}: unknown normalizer {how!r}")
     categories = raw.get("categories")
-    if categories is not None and not set(categories) <= _CATEGORIES:
+    if categories is not None and not set(categories) <= set(CATEGORIES):
         raise UsageError(f"signature rule {rule_id!r}: unknown category in {categories}")
     phases = raw.get("phases")
-    if phases is not None and not set(phases) <= _PHASES:
+    if phases is not None and not set(phases) <= set(PHASES):
         raise UsageError(f"signature rule {rule_id!r}: unknown phase in {phases}")
     recategorize = raw.get("category")
     if recategorize not in (None, "infra"):
