@@ -3,7 +3,7 @@
 For each :class:`~harness.engine.Exit` it reads the child's output (bounded), classifies the
 exit (harness/classify.py), checks the services when the run failed (a dead etcd makes the run
 ``infra``, and is restarted), sends core files of crashes to gdb in a background thread within
-the core budget (harness/backtrace.py), keeps exemplar artifacts, appends the record to
+the core budget (harness/cores.py), keeps exemplar artifacts, appends the record to
 ``results.jsonl`` and updates the progress view. The record is on disk before it is counted:
 records are flushed in batches (at most :data:`FLUSH_EVERY` after their run ended), and counted
 once flushed. With adaptive stopping, a record that ends its cell is flushed at once, so that
@@ -23,16 +23,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shutdown_harness import MARKER, stressors
-from shutdown_harness.backtrace import CoreBudget, core_dump_unavailable, gdb_available, run_gdb
 from shutdown_harness.classify import classify, needs_backtrace
+from shutdown_harness.cores import CoreBudget, core_dump_unavailable, gdb_available, run_gdb
 from shutdown_harness.engine import Exit, Job
 from shutdown_harness.plan import RunSpec
 from shutdown_harness.progress import ProgressView
+from shutdown_harness.schema import Verdict, record_fields
 
 if TYPE_CHECKING:
     from shutdown_harness.workflow import Campaign, Cellinfo
 
-__all__ = ["Recorder", "now_iso", "record_fields"]
+__all__ = ["Recorder", "now_iso"]
 
 _STDOUT_LIMIT = 4 << 20
 _STDERR_HEAD = 64 << 10
@@ -224,7 +225,7 @@ class Recorder:
         self._finish(record, stdout, stderr, text, core, keep_core)
 
     def _infer(
-        self, key: str, record: dict[str, Any], verdict: Any, stdout: str, stderr: str
+        self, key: str, record: dict[str, Any], verdict: Verdict, stdout: str, stderr: str
     ) -> None:
         record.update(record_fields(self.core_budget.infer(key, verdict)))
         self._finish(record, stdout, stderr, None, None)
@@ -287,22 +288,3 @@ class Recorder:
         self._flusher.join()
         with self.lock:
             self._flush()
-
-
-def record_fields(verdict: Any) -> dict[str, Any]:
-    """The record keys that come from a classifier verdict."""
-    fields = {
-        "category": verdict.category,
-        "outcome": verdict.outcome,
-        "signature": verdict.signature,
-        "phase": verdict.phase,
-        "signal": verdict.signal,
-        "signature_source": verdict.source,
-    }
-    if verdict.exception:
-        fields["exception"] = verdict.exception
-    if verdict.frames:
-        fields["frames"] = verdict.frames
-    if verdict.notes:
-        fields["notes"] = list(verdict.notes)
-    return fields

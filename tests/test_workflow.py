@@ -139,7 +139,7 @@ def test_adaptive_stop_ends_a_clear_cell_early(tmp_path: Path) -> None:
 def test_crashes_beyond_the_gdb_budget_get_the_signature_of_their_exemplars(
     tmp_path: Path,
 ) -> None:
-    from shutdown_harness.backtrace import core_dump_unavailable, gdb_available
+    from shutdown_harness.cores import core_dump_unavailable, gdb_available
 
     if gdb_available() or core_dump_unavailable():
         pytest.skip(f"no native backtraces here: {gdb_available() or core_dump_unavailable()}")
