@@ -16,17 +16,16 @@ run starts (``check_mode``).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shutdown_harness.errors import UsageError
+from shutdown_harness.virtualenv import installed_versions
 
 __all__ = [
     "MODES",
@@ -38,13 +37,11 @@ __all__ = [
     "resolve",
     "cleanup_for",
     "check_mode",
-    "spec_hash",
 ]
 
 MODES = ("none", "explicit", "atexit", "hard-exit", "sleep")
 _CLEANUP_MODES = ("explicit", "atexit")
 DEFAULT_SLEEP_S = 0.5
-_SPEC_FORMAT = 1  # bump to rebuild every cached virtualenv
 
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _VERSION_CLAUSE = r"\s*(?:===|==|!=|~=|>=|<=|<|>)\s*[A-Za-z0-9.*+!_-]+\s*"
@@ -295,23 +292,8 @@ def check_mode(strategy: Strategy, python: Path) -> None:
 
 
 def _versions_text(strategy: Strategy, python: Path) -> str:
-    from shutdown_harness.virtualenv import installed_versions
-
     try:
         versions = installed_versions(python)
     except UsageError:
         return ""
     return " + ".join(f"{d} {versions[d]}" for d in strategy.distributions if d in versions)
-
-
-def spec_hash(strategy: Strategy) -> str:
-    """What the strategy's virtualenv depends on (packages and Python, not the mode), hashed."""
-    if strategy.python is None:
-        python = f"{sys.base_prefix}|{sys.version}"
-    else:
-        python = strategy.python
-    payload = json.dumps(
-        {"format": _SPEC_FORMAT, "requirements": sorted(strategy.requirements), "python": python},
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]

@@ -15,6 +15,7 @@ venv folder (``shutdown-harness.json``), read back by ``installed_versions``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,15 +26,18 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 from shutdown_harness.errors import UsageError
-from shutdown_harness.strategies import Strategy, spec_hash
 
-__all__ = ["MARKER_FILE", "cache_root", "venv_dir", "ensure", "installed_versions"]
+if TYPE_CHECKING:
+    from shutdown_harness.strategies import Strategy
+
+__all__ = ["MARKER_FILE", "cache_root", "venv_dir", "ensure", "installed_versions", "spec_hash"]
 
 MARKER_FILE = "shutdown-harness.json"
+_SPEC_FORMAT = 1  # bump to rebuild every cached virtualenv
 _LOCK_TIMEOUT_S = 900.0
 _UV_TIMEOUT_S = 900.0
 _VERSIONS_SCRIPT = """
@@ -59,6 +63,19 @@ def cache_root(cache_dir: Path | None = None) -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "shutdown-harness" / "venvs"
+
+
+def spec_hash(strategy: Strategy) -> str:
+    """What the strategy's virtualenv depends on (packages and Python, not the mode), hashed."""
+    if strategy.python is None:
+        python = f"{sys.base_prefix}|{sys.version}"
+    else:
+        python = strategy.python
+    payload = json.dumps(
+        {"format": _SPEC_FORMAT, "requirements": sorted(strategy.requirements), "python": python},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 def _slug(strategy: Strategy) -> str:

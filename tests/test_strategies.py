@@ -12,7 +12,6 @@ import pytest
 from shutdown_harness import config as config_module
 from shutdown_harness import discovery, strategies, virtualenv
 from shutdown_harness.errors import UsageError
-from shutdown_harness.strategies import Strategy
 
 CLIENTS = {
     "etcd-client-py": {"module": "etcd_client", "cleanup": "cleanup_runtime"},
@@ -121,18 +120,6 @@ def test_explicit_cleanup_overrides_the_clients_table() -> None:
     table = {"requirements": ["valkey-glide==2.6.0"], "mode": "atexit", "cleanup": "glide:stop"}
     s = strategies.from_config("g", table, CONFIG)
     assert s.cleanup == "glide:stop"
-
-
-def test_spec_hash_covers_packages_and_python_not_mode() -> None:
-    base = strategies.parse_inline("etcd-client-py==0.5.1", CONFIG)
-    h = strategies.spec_hash
-    assert h(base) == h(strategies.parse_inline("etcd-client-py==0.5.1@atexit", CONFIG))
-    assert h(base) != h(strategies.parse_inline("etcd-client-py==0.5.0", CONFIG))
-    other_python = Strategy("p", base.requirements, python="3.12")
-    assert h(base) != h(other_python)
-    a = strategies.parse_inline("a==1+b==2", CONFIG)
-    assert h(a) == h(strategies.parse_inline("b==2+a==1", CONFIG))
-    assert len(h(base)) == 12
 
 
 # -- the built-in defaults -----------------------------------------------------------------

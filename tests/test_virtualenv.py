@@ -41,7 +41,7 @@ def test_build_then_reuse_then_share_between_modes(tmp_path: Path) -> None:
 
     record = json.loads((python.parent.parent / virtualenv.MARKER_FILE).read_text())
     assert record["versions"]["etcd-client-py"] == "0.5.1"
-    assert record["hash"] == strategies.spec_hash(_strategy("etcd-client-py==0.5.1"))
+    assert record["hash"] == virtualenv.spec_hash(_strategy("etcd-client-py==0.5.1"))
 
     again: list[str] = []
     same = virtualenv.ensure(_strategy("etcd-client-py==0.5.1@atexit"), tmp_path, again.append)
@@ -125,3 +125,15 @@ def test_cache_root_honours_the_environment(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert virtualenv.cache_root() == tmp_path / "x" / "shutdown-harness" / "venvs"
     assert virtualenv.cache_root(tmp_path / "given") == tmp_path / "given"
+
+
+def test_spec_hash_covers_packages_and_python_not_mode() -> None:
+    base = strategies.parse_inline("etcd-client-py==0.5.1", CONFIG)
+    h = virtualenv.spec_hash
+    assert h(base) == h(strategies.parse_inline("etcd-client-py==0.5.1@atexit", CONFIG))
+    assert h(base) != h(strategies.parse_inline("etcd-client-py==0.5.0", CONFIG))
+    other_python = strategies.Strategy("p", base.requirements, python="3.12")
+    assert h(base) != h(other_python)
+    a = strategies.parse_inline("a==1+b==2", CONFIG)
+    assert h(a) == h(strategies.parse_inline("b==2+a==1", CONFIG))
+    assert len(h(base)) == 12
