@@ -26,6 +26,7 @@ from shutdown_harness import stats
 from shutdown_harness.errors import UsageError
 from shutdown_harness.schema import CATEGORIES, FAILURE_CATEGORIES, counts_for_rate
 from shutdown_harness.store import CAMPAIGN, RESULTS, Distinct, iter_records, read_campaign
+from shutdown_harness.versions import sort_labels
 
 __all__ = [
     "RESULTS",
@@ -41,6 +42,7 @@ __all__ = [
     "load_campaign",
 ]
 
+_EXCEPTION_PREFIX = "python-exception:"
 _EXEMPLAR_KEYS = ("run_id", "category", "outcome", "signal", "returncode", "phase", "stderr_tail",
                   "artifacts", "frames", "backtrace", "exception", "notes", "client_version",
                   "python")
@@ -145,10 +147,26 @@ class Cell:
     def rate(self) -> float:
         return self.failures / self.runs if self.runs else math.nan
 
+    @property
+    def not_runnable(self) -> str | None:
+        """The exception, when the scenario does not run on this cell at all: every run failed
+        during the work with one Python exception type (an API the scenario does not fit).
+        Such a cell has no failure rate: verdicts and gates leave it out."""
+        if not self.runs or len(self.signatures) != 1:
+            return None
+        (sig,) = self.signatures.values()
+        if (sig.count != self.runs or not sig.signature.startswith(_EXCEPTION_PREFIX)
+                or sig.phases.get("work", 0) != sig.count):
+            return None
+        exemplar = sig.exemplar or {}
+        return str(exemplar.get("exception") or sig.signature.removeprefix(_EXCEPTION_PREFIX))
+
     def interval(self, confidence: float = stats.CONFIDENCE) -> tuple[float, float]:
         return stats.wilson_interval(self.failures, self.runs, confidence)
 
     def rate_text(self) -> str:
+        if self.not_runnable is not None:
+            return f"not runnable: {self.not_runnable}"
         return stats.format_rate(self.failures, self.runs)
 
     def top_signatures(self, n: int | None = None) -> list[SignatureStat]:
@@ -178,7 +196,9 @@ class Cell:
         lo, hi = self.interval()
         return {
             "scenario": self.scenario, "strategy": self.strategy, "load": self.load,
-            "load_label": self.load_label, "runs": self.runs, "failures": self.failures,
+            "load_label": self.load_label,
+            "status": "measured" if self.not_runnable is None else "not-runnable",
+            "not_runnable": self.not_runnable, "runs": self.runs, "failures": self.failures,
             "infra": self.infra, "rate": stats._json_float(self.rate),
             "interval": [lo, hi], "confidence": stats.CONFIDENCE, "rate_text": self.rate_text(),
             "categories": {c: self.categories[c] for c in CATEGORIES if self.categories[c]}
@@ -225,6 +245,11 @@ class Aggregate:
     @property
     def strategies(self) -> list[str]:
         return list(dict.fromkeys(c.strategy for c in self.cells))
+
+    @property
+    def measured(self) -> list[Cell]:
+        """The cells with a failure rate (not the not-runnable ones)."""
+        return [c for c in self.cells if c.not_runnable is None]
 
     @property
     def load_labels(self) -> list[str]:
@@ -332,6 +357,10 @@ def aggregate(records: Iterable[dict[str, Any]], campaign: dict[str, Any] | None
         )
     ordered = _order(list(cells.values()), campaign.get("plan") or {})
     _note_split_loads(ordered, notes)
+    for c in ordered:
+        if c.not_runnable is not None:
+            notes.append(f"{c.scenario} / {c.strategy} is not runnable: all {c.runs} runs raised "
+                         f"{c.not_runnable} during the work (left out of verdicts and gates)")
     infra = sum(c.infra for c in ordered)
     if infra:
         notes.append(f"{infra} infra runs (service or harness failures) are excluded from "
@@ -341,12 +370,13 @@ def aggregate(records: Iterable[dict[str, Any]], campaign: dict[str, Any] | None
 
 
 def _order(cells: list[Cell], plan: dict[str, Any]) -> list[Cell]:
-    """Plan order (scenarios, then strategies); names not in the plan follow, as first seen."""
+    """Plan order (scenarios, then strategies); names not in the plan follow, as first seen.
+    Strategies that differ only in their versions sort as versions (0.2.0 before 0.12.1)."""
     scenarios = {s: i for i, s in enumerate(plan.get("scenarios") or [])}
-    strategies = {s: i for i, s in enumerate(plan.get("strategies") or [])}
     for c in cells:
         scenarios.setdefault(c.scenario, len(scenarios))
-        strategies.setdefault(c.strategy, len(strategies))
+    names = [*(plan.get("strategies") or []), *(c.strategy for c in cells)]
+    strategies = {s: i for i, s in enumerate(sort_labels(names))}
     return sorted(cells, key=lambda c: (scenarios[c.scenario], strategies[c.strategy]))
 
 
@@ -363,7 +393,8 @@ def _note_split_loads(cells: list[Cell], notes: list[str]) -> None:
 def _comparisons(cells: list[Cell]) -> list[CellComparison]:
     groups: dict[tuple[str, str], list[Cell]] = {}
     for c in cells:
-        groups.setdefault((c.scenario, c.load_label), []).append(c)
+        if c.not_runnable is None:  # a scenario that does not run there has no rate to compare
+            groups.setdefault((c.scenario, c.load_label), []).append(c)
     out = []
     for (scenario, label), group in groups.items():
         for i, a in enumerate(group):

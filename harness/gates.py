@@ -65,6 +65,8 @@ class Gate:
         return f"{limits} ({', '.join(where)})"
 
     def matches(self, cell: Cell) -> bool:
+        if cell.not_runnable is not None:  # no failure rate to hold to a threshold
+            return False
         return fnmatch.fnmatchcase(cell.strategy, self.pattern) and fnmatch.fnmatchcase(
             cell.scenario, self.scenario
         )

@@ -404,7 +404,11 @@ def summarize(c: Campaign) -> None:
     """The last lines on the terminal: one per cell, and where everything is."""
     state = "interrupted" if c.interrupted else ("done" if c.completed else "stopped")
     c.say(f"\n{state}: {sum(c.tally.total.values())} runs in {c.out}")
-    for (scenario, strategy), counter in sorted(c.tally.cells.items()):
+    from shutdown_harness.versions import label_key
+
+    for (scenario, strategy), counter in sorted(
+        c.tally.cells.items(), key=lambda item: (item[0][0], label_key(item[0][1]))
+    ):
         c.say(f"  {scenario} / {strategy}: {Tally.describe(counter)}")
     if c.interrupted:
         c.say(f"resume with: shutdown-harness run --resume --out {c.out}")

@@ -79,3 +79,44 @@ def test_missing_folder_or_results(tmp_path: Path) -> None:
         load_campaign(tmp_path / "nope")
     with pytest.raises(UsageError, match="no results.jsonl"):
         load_campaign(tmp_path)
+
+
+def test_a_cell_that_always_raises_one_exception_during_the_work_is_not_runnable(
+    tmp_path: Path,
+) -> None:
+    from shutdown_harness.gates import evaluate
+    from shutdown_harness.reports import render
+
+    synth.make_campaign(tmp_path, [
+        synth.CellSpec("s", "pkg==0.12.1", 20, {"rust-panic": 5}),
+        synth.CellSpec("s", "pkg==0.2.0", 20, {"python-exception:TypeError": 20}),
+        synth.CellSpec("s", "pkg==0.3.0", 20, {"python-exception:TypeError": 12,
+                                                "rust-panic": 8}),
+    ])
+    agg = load_campaign(tmp_path)
+    # versions sort as versions, not as text (0.12.1 last)
+    assert [c.strategy for c in agg.cells] == ["pkg==0.2.0", "pkg==0.3.0", "pkg==0.12.1"]
+    old, mixed, new = agg.cells
+    assert old.not_runnable == "TypeError" and old.rate_text() == "not runnable: TypeError"
+    assert mixed.not_runnable is None and new.not_runnable is None  # a real failure mix
+    assert old.to_dict()["status"] == "not-runnable"
+    # no verdict, no gate for the cell without a rate
+    assert [(c.comparison.a, c.comparison.b) for c in agg.comparisons] == [
+        ("pkg==0.3.0", "pkg==0.12.1")]
+    results = evaluate(agg, {"*": {"max_upper": 0.5}})
+    assert {g.cell.strategy for g in results} == {"pkg==0.3.0", "pkg==0.12.1"}
+    assert any("not runnable" in n and "pkg==0.2.0" in n for n in agg.notes)
+    text = render(agg, "terminal", gates={})
+    assert "not runnable: TypeError" in text and "20x" not in text
+    assert "skipped" in render(agg, "junit", gates={})
+
+
+def test_an_exception_after_the_work_is_a_failure_rate(tmp_path: Path) -> None:
+    recs = [synth.record("s", "a", i, "python-exception:TypeError") for i in range(5)]
+    for rec in recs:
+        rec.update(phase="finalization", work_done=True)
+    (tmp_path / "campaign.json").write_text(json.dumps(synth.campaign_json(tmp_path, ["s"],
+                                                                          ["a"])))
+    synth.write_records(tmp_path, recs)
+    (cell,) = load_campaign(tmp_path).cells
+    assert cell.not_runnable is None and cell.failures == 5

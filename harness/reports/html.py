@@ -78,7 +78,7 @@ def chart_svg(agg: Aggregate) -> str:
     scenarios = agg.scenarios
     height = top + len(scenarios) * group_h + len(cells) * row_h + bottom
     width = label_w + plot_w + text_w
-    xmax, step = _nice_max(max(c.interval()[1] for c in cells))
+    xmax, step = _nice_max(max((c.interval()[1] for c in agg.measured), default=0.0))
 
     def x(v: float) -> float:
         return label_w + plot_w * min(v, xmax) / xmax
@@ -121,7 +121,7 @@ def _bar(agg: Aggregate, cell: Cell, y: float, row_h: float, x: Callable[[float]
            f'{escape(short)}</text>']
     bar_h = row_h * 0.56
     left = x(0)
-    if cell.runs:
+    if cell.runs and cell.not_runnable is None:
         for sig in cell.top_signatures():
             w = x(sig.count / cell.runs) - x(0)
             out.append(f'<rect x="{left:.2f}" y="{mid - bar_h / 2:.2f}" width="{w:.2f}" '
@@ -138,7 +138,7 @@ def _bar(agg: Aggregate, cell: Cell, y: float, row_h: float, x: Callable[[float]
                        f'y2="{mid + cap:.2f}" stroke="#111" stroke-width="1.5"/>')
         if cell.failures:
             out.append(f'<circle cx="{x(cell.rate):.2f}" cy="{mid}" r="2.6" fill="#111"/>')
-    color = "#b3261e" if cell.failures else "#1a7f37"
+    color = "#9a6700" if cell.not_runnable else ("#b3261e" if cell.failures else "#1a7f37")
     out.append(f'<text x="{label_w + plot_w + 10}" y="{mid + 4}" font-size="12" '
                f'fill="{color}">{escape(cell.rate_text())}  '
                f'<tspan fill="#57606a">{cell.failures}/{cell.runs}</tspan></text>')

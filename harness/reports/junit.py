@@ -28,7 +28,9 @@ def render(data: ReportData) -> str:
                                 ("load", cell.load_label)):
                 ET.SubElement(props, "property", name=name, value=str(value))
             failed = [g for g in data.gates_of(cell) if not g.passed]
-            if failed:
+            if cell.not_runnable is not None:
+                ET.SubElement(case, "skipped", message=cell.rate_text())
+            elif failed:
                 failures += 1
                 failure = ET.SubElement(case, "failure", type="gate",
                                         message="; ".join(g.message for g in failed))

@@ -46,7 +46,7 @@ def cells_table(data: ReportData) -> Table:
         table.add_column("Gates")
     previous = None
     for cell in agg.cells:
-        style = "red" if cell.failures else "green"
+        style = "yellow" if cell.not_runnable else ("red" if cell.failures else "green")
         row: list[str | Text] = [
             cell.scenario if cell.scenario != previous else "",
             cell_label(cell, agg),
