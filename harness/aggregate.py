@@ -124,6 +124,8 @@ class Cell:
     infra_signatures: Counter[str] = field(default_factory=Counter)
     client_versions: Counter[str] = field(default_factory=Counter)
     pythons: Counter[str] = field(default_factory=Counter)
+    work_exceptions: Counter[str] = field(default_factory=Counter)  # type -> runs
+    exception_text: str | None = None  # one "Type: message" of those
     duration_s: float = 0.0
 
     @property
@@ -149,24 +151,21 @@ class Cell:
 
     @property
     def not_runnable(self) -> str | None:
-        """The exception, when the scenario does not run on this cell at all: every run failed
-        during the work with one Python exception type (an API the scenario does not fit).
-        Such a cell has no failure rate: verdicts and gates leave it out."""
-        if not self.runs or len(self.signatures) != 1:
+        """The exception, when the scenario does not run on this cell at all: every run raised
+        the same Python exception type during the work (an API the scenario does not fit),
+        whether the process then exited or crashed while finalizing. Such a cell has no
+        failure rate: verdicts and gates leave it out."""
+        if not self.runs or len(self.work_exceptions) != 1:
             return None
-        (sig,) = self.signatures.values()
-        if (sig.count != self.runs or not sig.signature.startswith(_EXCEPTION_PREFIX)
-                or sig.phases.get("work", 0) != sig.count):
-            return None
-        exemplar = sig.exemplar or {}
-        return str(exemplar.get("exception") or sig.signature.removeprefix(_EXCEPTION_PREFIX))
+        ((exc_type, count),) = self.work_exceptions.items()
+        return self.exception_text or exc_type if count == self.runs else None
 
     def interval(self, confidence: float = stats.CONFIDENCE) -> tuple[float, float]:
         return stats.wilson_interval(self.failures, self.runs, confidence)
 
     def rate_text(self) -> str:
         if self.not_runnable is not None:
-            return f"not runnable: {self.not_runnable}"
+            return f"not runnable: {self.not_runnable.split(':', 1)[0]}"
         return stats.format_rate(self.failures, self.runs)
 
     def top_signatures(self, n: int | None = None) -> list[SignatureStat]:
@@ -187,6 +186,15 @@ class Cell:
         if record.get("python"):
             self.pythons[str(record["python"])] += 1
         signature = str(record.get("signature") or "unknown")
+        if category in FAILURE_CATEGORIES and record.get("phase") == "work":
+            text = record.get("exception")
+            exc_type = (str(text).split(":", 1)[0] if text
+                        else signature.removeprefix(_EXCEPTION_PREFIX)
+                        if signature.startswith(_EXCEPTION_PREFIX) else None)
+            if exc_type:
+                self.work_exceptions[exc_type] += 1
+                if text and self.exception_text is None:
+                    self.exception_text = str(text)
         if category == "infra":
             self.infra_signatures[signature] += 1
         elif category in FAILURE_CATEGORIES:

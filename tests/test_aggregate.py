@@ -120,3 +120,21 @@ def test_an_exception_after_the_work_is_a_failure_rate(tmp_path: Path) -> None:
     synth.write_records(tmp_path, recs)
     (cell,) = load_campaign(tmp_path).cells
     assert cell.not_runnable is None and cell.failures == 5
+
+
+def test_runs_that_raise_during_the_work_and_then_crash_at_exit_are_not_runnable(
+    tmp_path: Path,
+) -> None:
+    """etcd-client-py 0.2.4 under concurrent_ops: every run raises the same TypeError during
+    the work; some of them then die in finalization (SIGSEGV, SIGABRT)."""
+    text = "TypeError: argument 'key': 'bytes' object cannot be converted to 'PyString'"
+    recs = []
+    for i, sig in enumerate(["python-exception:TypeError", "rust-panic", "native-crash:x"]):
+        rec = synth.record("s", "pkg==0.2.4", i, sig)
+        rec.update(phase="work", work_done=False, exception=text)
+        recs.append(rec)
+    (tmp_path / "campaign.json").write_text(json.dumps(synth.campaign_json(tmp_path, ["s"],
+                                                                          ["pkg==0.2.4"])))
+    synth.write_records(tmp_path, recs)
+    (cell,) = load_campaign(tmp_path).cells
+    assert cell.not_runnable == text
