@@ -208,7 +208,8 @@ def released_versions(package: str, urls: list[str] | None = None) -> list[Relea
             if version is not None:
                 found.setdefault(version, []).append(f)
     if not known:
-        raise UsageError(f"no package {package!r} on the package index ({', '.join(urls or index_urls())})")
+        where = ", ".join(urls or index_urls())
+        raise UsageError(f"no package {package!r} on the package index ({where})")
     releases = []
     for version in sorted(found):
         files = found[version]
