@@ -33,12 +33,16 @@ import sys
 import time
 from typing import Any
 
+__all__ = ["MARKER", "MODES", "parse", "load", "enable_faulthandler", "cleanup_function",
+           "run", "main"]
+
 # Kept equal to harness.MARKER (a test checks it); not imported, see the module docstring.
 MARKER = "@@shutdown-harness: work done@@"
 MODES = ("none", "explicit", "atexit", "hard-exit", "sleep")
 
 
-def _load(path: str) -> Any:
+def load(path: str) -> Any:
+    """Import the scenario file as ``__scenario__``, its folder first on ``sys.path``."""
     folder = os.path.dirname(os.path.abspath(path))
     sys.path[0:1] = [folder]  # replaces this wrapper's own folder
     spec = importlib.util.spec_from_file_location("__scenario__", path)
@@ -64,7 +68,8 @@ def _probe(module: Any) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The wrapper's options (the fork server parses a cold child's argv with this too)."""
     parser = argparse.ArgumentParser(prog="shutdown-harness-child")
     parser.add_argument("scenario")
     parser.add_argument("--mode", choices=MODES, default="none")
@@ -73,22 +78,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit-delay", type=float, default=0.0, help="random delay, 0..MAX s")
     parser.add_argument("--no-faulthandler", action="store_true")
     parser.add_argument("--probe", action="store_true", help="print applicability as JSON")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def enable_faulthandler(args: argparse.Namespace) -> None:
+    """All threads' stacks on a fatal signal, and on SIGUSR1 (the harness's timeout)."""
     if not args.no_faulthandler:
         faulthandler.enable(all_threads=True)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    module = _load(args.scenario)
-    if args.probe:
-        return _probe(module)
 
-    cleanup = None
+
+def cleanup_function(args: argparse.Namespace) -> Any:
+    """The strategy's cleanup function (imported), or None for modes without one."""
     if args.mode in ("explicit", "atexit"):
-        cleanup = _cleanup_function(args.cleanup)
+        return _cleanup_function(args.cleanup)
+    return None
+
+
+def run(args: argparse.Namespace, module: Any, cleanup: Any) -> int:
+    """One run: the scenario's work, the marker, the cleanup mode; then the caller returns.
+
+    Shared by the cold wrapper (``main``) and the warm children of the fork server
+    (fork_server.py), so that both do exactly the same after their imports.
+    """
     if args.mode == "atexit":
         import atexit
 
-        atexit.register(cleanup)  # type: ignore[arg-type]
+        atexit.register(cleanup)
 
     body = module.main
     if inspect.iscoroutinefunction(body):
@@ -99,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
 
     if args.mode == "explicit":
-        cleanup()  # type: ignore[operator]
+        cleanup()
     elif args.mode == "sleep":
         time.sleep(args.sleep)
     if args.exit_delay > 0:
@@ -110,6 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    enable_faulthandler(args)
+    module = load(args.scenario)
+    if args.probe:
+        return _probe(module)
+    return run(args, module, cleanup_function(args))
 
 
 if __name__ == "__main__":

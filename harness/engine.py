@@ -75,6 +75,11 @@ class Job:
     env: Mapping[str, str] | None = None
     dump_signal: int | None = signal.SIGUSR1
     cpus: frozenset[int] | None = None  # pin the child to these CPUs
+    #: Starts the child instead of posix_spawn: ``launcher(job, workdir, (stdin, stdout,
+    #: stderr))`` returns the pid of a process that is (or, by the time it returns, has become)
+    #: this process's child, in a process group of its own (harness/warm.py). OSError: not
+    #: started.
+    launcher: Callable[[Job, Path, tuple[int, int, int]], int] | None = None
 
 
 class Capture:
@@ -386,7 +391,9 @@ class Engine:
                                    setsigdef=_DEFAULT_SIGNALS, setsigmask=self._sigmask)
 
         try:
-            if own_cwd:
+            if job.launcher is not None:
+                pid = job.launcher(job, slot.workdir, (self._devnull, stdout.fd, stderr.fd))
+            elif own_cwd:
                 pid = spawn()
             else:
                 # posix_spawn has no "cwd": step into the slot and back, one spawn at a time.
