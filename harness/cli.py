@@ -43,6 +43,7 @@ _PLAN_KEYS = (
     "keep_artifacts",
     "cores_per_signature",
     "no_faulthandler",
+    "warm",
 )
 
 
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto|embedded|container|HOST:PORT")
     how.add_argument("--valkey", type=_argtype(validate_how("valkey"), "--valkey"),
                      help="auto|embedded|container|HOST:PORT")
+    how.add_argument("--warm", action="store_true", default=None,
+                     help="fork children from a server that imported the client (cold "
+                          "controls and a warm-vs-cold fidelity test in every report)")
     stress = run.add_argument_group("stressors")
     stress.add_argument("--pin", metavar="CPUS", help="pin children to these CPUs (0 or 0-1)")
     stress.add_argument("--exit-delay", type=_argtype(_exit_delay, "--exit-delay"), metavar="S",
@@ -243,6 +247,7 @@ def _plan_from_args(
         "keep_artifacts": pick("keep_artifacts"),
         "cores_per_signature": pick("cores_per_signature"),
         "faulthandler": False if pick("no_faulthandler") else None,
+        "warm": True if pick("warm") else None,
     }
     if pin:
         from shutdown_harness.stressors import pin_cpus

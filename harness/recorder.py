@@ -82,6 +82,8 @@ class Recorder:
 
     def jobs(self, specs: Iterable[RunSpec]) -> Iterator[Job]:
         """The engine's jobs for these runs (remembered, to name each exit's run)."""
+        from shutdown_harness.warm import is_control
+
         for spec in specs:
             if self.c.deadline is not None and time.monotonic() > self.c.deadline:
                 self.c.say("deadline reached: no new runs")
@@ -90,6 +92,9 @@ class Recorder:
             self.specs[spec.run_id] = spec
             env = info.env.copy()
             env["SHUTDOWN_HARNESS_RUN_ID"] = spec.run_id
+            server = self.c.warm_servers.get(spec.cell)
+            if server is not None and is_control(spec.index, info.runs):
+                server = None  # a cold control of a warm cell
             yield Job(
                 run_id=spec.run_id,
                 argv=info.argv,
@@ -97,6 +102,7 @@ class Recorder:
                 env=env,
                 dump_signal=info.dump_signal,
                 cpus=self.pin,
+                launcher=None if server is None else server.launch,
             )
 
     def on_exit(self, ex: Exit) -> None:
@@ -136,7 +142,10 @@ class Recorder:
             "cpu_s": round(ex.cpu_s, 4),
             "max_rss_kb": ex.max_rss_kb,
             "backtrace": None,
+            "start": "cold" if ex.job.launcher is None else "warm",
         }
+        if spec.cell in self.c.warm_refused:
+            record["warm_refused"] = self.c.warm_refused[spec.cell]
         if verdict.category != "clean" and self._service_down(info, record):
             self._finish(record, stdout, stderr, None, core)
             return

@@ -1,7 +1,7 @@
 """The ``run`` pipeline, as a list of small tasks in one visible order.
 
     open_campaign -> resolve_scenarios -> start_services -> prepare_strategies -> plan_cells
-        -> write_campaign_file -> execute -> summarize -> write_reports
+        -> write_campaign_file -> start_warm -> execute -> summarize -> write_reports
 
 ``execute`` feeds the plan to the engine (harness/engine.py); every exit goes to the recorder
 (harness/recorder.py), which classifies it and stores the record.
@@ -75,6 +75,8 @@ class Campaign:
     pythons: dict[str, Path] = field(default_factory=dict)  # strategy -> venv python
     cells: dict[Cell, Cellinfo] = field(default_factory=dict)
     not_applicable: dict[str, str] = field(default_factory=dict)  # "scenario/strategy" -> why
+    warm_servers: dict[Cell, Any] = field(default_factory=dict)  # harness.warm.ForkServer
+    warm_refused: dict[Cell, str] = field(default_factory=dict)  # --warm cells run cold: why
     tally: Tally = field(default_factory=Tally)
     interrupted: bool = False
     completed: bool = False
@@ -113,6 +115,7 @@ def new_plan(**settings: Any) -> dict[str, Any]:
         "keep_artifacts": 3,
         "cores_per_signature": 3,
         "faulthandler": True,
+        "warm": False,
     }
     unknown = sorted(set(settings) - set(plan))
     if unknown:
@@ -323,6 +326,44 @@ def write_campaign_file(c: Campaign) -> None:
     )
 
 
+def start_warm(c: Campaign) -> None:
+    """With --warm: one fork server per cell (harness/warm.py); cells that cannot fork run cold."""
+    if not c.plan.get("warm"):
+        return
+    from shutdown_harness import warm
+
+    if c.plan.get("command"):
+        raise UsageError("--warm forks scenario children: it does not apply to --command")
+    cannot = warm.become_subreaper()
+    unsafe = warm.unsafe_modules()
+    servers: dict[Cell, warm.ForkServer] = {}
+    for cell, info in c.cells.items():
+        if cannot:
+            c.warm_refused[cell] = cannot
+            continue
+        log = c.out / ".work" / "warm" / f"{len(servers)}.log"
+        server = warm.ForkServer(str(info.argv[0]), info.argv, info.env, log, unsafe)
+        server.spawn()
+        servers[cell] = server
+    for cell, server in servers.items():  # their imports ran side by side
+        reason = server.ready()
+        if reason is None:
+            c.warm_servers[cell] = server
+        else:
+            c.warm_refused[cell] = reason
+    for (scenario, strategy), reason in c.warm_refused.items():
+        c.say(f"warm start refused for {scenario} / {strategy}, its runs start cold: {reason}")
+    if c.warm_servers:
+        c.say(f"warm start: {len(c.warm_servers)} fork servers ready; cold controls: "
+              f"{warm.CONTROL_FRACTION:.0%} of each cell's runs, at least {warm.MIN_CONTROLS}")
+
+
+def stop_warm(c: Campaign) -> None:
+    for server in c.warm_servers.values():
+        server.close()
+    c.warm_servers.clear()
+
+
 def execute(c: Campaign) -> None:
     """Run the plan through the engine; every finished run is on disk before it is counted."""
     assert c.store is not None
@@ -432,6 +473,7 @@ TASKS: list[Callable[[Campaign], None]] = [
     prepare_strategies,
     plan_cells,
     write_campaign_file,
+    start_warm,
     execute,
     summarize,
     write_reports,
@@ -444,6 +486,7 @@ def run(c: Campaign) -> int:
         for task in TASKS:
             task(c)
     finally:
+        stop_warm(c)
         if c.services is not None:
             c.services.stop()
         if c.store is not None:

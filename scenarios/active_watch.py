@@ -13,6 +13,7 @@ import _clients
 SERVICES = ("etcd",)
 RUNS = 200
 TIMEOUT = 15.0
+WARM_IMPORTS = ("etcd_client",)  # what `run --warm` imports once, before forking
 
 
 def applicable() -> str | None:

@@ -17,6 +17,7 @@ import _clients
 SERVICES = ("etcd",)
 RUNS = 200
 TIMEOUT = 15.0
+WARM_IMPORTS = ("etcd_client",)  # what `run --warm` imports once, before forking
 
 
 def applicable() -> str | None:

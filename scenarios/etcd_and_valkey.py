@@ -15,6 +15,7 @@ import _clients
 SERVICES = ("etcd", "valkey")
 RUNS = 200
 TIMEOUT = 20.0
+WARM_IMPORTS = ("etcd_client", "glide")  # what `run --warm` imports once, before forking
 IN_FLIGHT = 20
 
 

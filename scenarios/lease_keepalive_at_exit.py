@@ -16,6 +16,7 @@ import _clients
 SERVICES = ("etcd",)
 RUNS = 200
 TIMEOUT = 15.0
+WARM_IMPORTS = ("etcd_client",)  # what `run --warm` imports once, before forking
 LEASE_TTL = 5
 
 

@@ -17,6 +17,7 @@ import _clients
 SERVICES = ("etcd",)
 RUNS = 200
 TIMEOUT = 20.0
+WARM_IMPORTS = ("etcd_client",)  # what `run --warm` imports once, before forking
 LOCK_TTL = 5
 
 

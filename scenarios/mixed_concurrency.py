@@ -14,6 +14,7 @@ import _clients
 SERVICES = ("etcd",)
 RUNS = 100
 TIMEOUT = 30.0
+WARM_IMPORTS = ("etcd_client",)  # what `run --warm` imports once, before forking
 THREADS = 3
 TASKS = 3
 

@@ -14,6 +14,7 @@ import _clients
 SERVICES = ("etcd",)
 RUNS = 200
 TIMEOUT = 15.0
+WARM_IMPORTS = ("etcd_client",)  # what `run --warm` imports once, before forking
 TASKS = 5
 PUTS = 5
 

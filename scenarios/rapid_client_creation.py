@@ -13,6 +13,7 @@ import _clients
 SERVICES = ("etcd",)
 RUNS = 200
 TIMEOUT = 20.0
+WARM_IMPORTS = ("etcd_client",)  # what `run --warm` imports once, before forking
 CLIENTS = 10
 
 

@@ -14,6 +14,7 @@ import os
 SERVICES = ("etcd",)
 RUNS = 20
 TIMEOUT = 15.0
+WARM_IMPORTS = ("etcd_client",)  # what `run --warm` imports once, before forking
 
 
 def applicable() -> str | None:

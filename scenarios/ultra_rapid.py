@@ -12,6 +12,7 @@ import _clients
 SERVICES = ("etcd",)
 RUNS = 500
 TIMEOUT = 10.0
+WARM_IMPORTS = ("etcd_client",)  # what `run --warm` imports once, before forking
 
 
 def applicable() -> str | None:

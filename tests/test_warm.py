@@ -1,0 +1,176 @@
+"""Warm start: fork servers, warm children through the engine, the unsafe-fork fallback and
+the campaign's cold controls, with real children that exit, abort, segfault and hang."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from shutdown_harness import warm
+from shutdown_harness.engine import Engine, Exit, Job, raise_core_limit
+from shutdown_harness.store import iter_records
+from shutdown_harness.workflow import CHILD, Campaign, new_plan, run
+
+CHILDREN = Path(__file__).parent / "children"
+BEHAVE = CHILDREN / "warm_behave.py"
+THREAD_AT_IMPORT = CHILDREN / "thread_at_import.py"
+
+
+def test_controls_are_a_tenth_at_least_twenty_spread_from_index_0() -> None:
+    assert warm.controls(1000) == 100
+    assert warm.controls(300) == 30
+    assert warm.controls(100) == 20
+    assert warm.controls(12) == 12
+    for runs in (7, 30, 95, 300, 1001):
+        chosen = [i for i in range(runs) if warm.is_control(i, runs)]
+        assert len(chosen) == warm.controls(runs)
+        assert chosen[0] == 0
+    # evenly spread: every tenth run of 300
+    assert [i for i in range(300) if warm.is_control(i, 300)][:4] == [0, 10, 20, 30]
+
+
+def test_unsafe_list_is_module_names() -> None:
+    names = warm.unsafe_modules()
+    assert "grpc" in names
+    assert all(n.replace(".", "").replace("_", "").isalnum() for n in names)
+
+
+def _argv(scenario: Path, *options: str) -> list[str]:
+    return [sys.executable, str(CHILD), str(scenario), *options]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[warm.ForkServer]:
+    assert warm.become_subreaper() is None
+    raise_core_limit()
+    srv = warm.ForkServer(sys.executable, _argv(BEHAVE), dict(os.environ), tmp_path / "log",
+                          warm.unsafe_modules())
+    srv.spawn()
+    assert srv.ready() is None, (tmp_path / "log").read_text()
+    assert srv.imports == ["json"]
+    yield srv
+    srv.close()
+
+
+def _run(tmp_path: Path, jobs: list[Job]) -> dict[str, Exit | dict[str, Any]]:
+    seen: dict[str, Any] = {}
+
+    def on_exit(ex: Exit) -> None:
+        seen[ex.job.run_id] = {
+            "pid": ex.pid, "returncode": ex.returncode, "timed_out": ex.timed_out,
+            "stdout": ex.stdout.text(), "stderr": ex.stderr.text(), "error": ex.error,
+            "core": ex.core_path is not None, "cpu": ex.cpu_s, "rss": ex.max_rss_kb,
+            "workdir": str(ex.workdir),
+        }
+
+    assert Engine(tmp_path / "work", jobs=2, grace=1.0).run(jobs, on_exit)
+    return seen
+
+
+def _job(srv: warm.ForkServer | None, run_id: str, action: str, timeout: float = 20.0) -> Job:
+    env = {**os.environ, "SHUTDOWN_HARNESS_RUN_ID": run_id, "WARM_BEHAVE": action}
+    return Job(run_id, tuple(_argv(BEHAVE)), timeout, env=env,
+               launcher=srv.launch if srv is not None else None)
+
+
+def test_warm_children_exit_like_cold_ones(tmp_path: Path, server: warm.ForkServer) -> None:
+    actions = ["ok", "abort", "segv", "raise"]
+    jobs = [_job(server, f"warm-{a}", a) for a in actions]
+    jobs += [_job(None, f"cold-{a}", a) for a in actions]
+    seen = _run(tmp_path, jobs)
+    for start in ("warm", "cold"):
+        ok, abort, segv, boom = (seen[f"{start}-{a}"] for a in actions)
+        assert ok["returncode"] == 0 and ok["error"] is None
+        # the marker, then a finalizer: the interpreter finalized normally (no os._exit)
+        assert ok["stdout"].endswith("@@shutdown-harness: work done@@\nfinalized\n")
+        facts = json.loads(ok["stdout"].splitlines()[0])
+        assert facts["run_id"] == f"{start}-ok"
+        assert facts["pgid"] == facts["pid"] == ok["pid"]  # its own process group
+        assert facts["cwd"] == ok["workdir"]  # its own slot folder
+        assert abort["returncode"] == -signal.SIGABRT
+        assert segv["returncode"] == -signal.SIGSEGV
+        assert "Fatal Python error: Segmentation fault" in segv["stderr"]  # faulthandler on
+        assert boom["returncode"] == 1
+        assert "ValueError: boom from a warm child" in boom["stderr"]
+        assert "work done" not in boom["stdout"]
+        assert ok["cpu"] > 0 and ok["rss"] > 0  # reaped by the harness: wait4's rusage
+        if abort["core"] is False:
+            pytest.skip("no core files on this machine")  # (checked for both starts below)
+    assert seen["warm-abort"]["core"] == seen["cold-abort"]["core"]
+
+
+def test_a_hung_warm_child_dumps_its_stacks_and_is_killed(
+    tmp_path: Path, server: warm.ForkServer
+) -> None:
+    seen = _run(tmp_path, [_job(server, "hang", "hang", timeout=1.0)])
+    hang = seen["hang"]
+    assert hang["timed_out"]
+    assert hang["returncode"] == -signal.SIGKILL
+    assert "time.sleep" in hang["stderr"] or "in main" in hang["stderr"]  # SIGUSR1 dump
+
+
+def test_a_thread_started_at_import_refuses_warm_start(tmp_path: Path) -> None:
+    srv = warm.ForkServer(sys.executable, _argv(THREAD_AT_IMPORT), dict(os.environ),
+                          tmp_path / "log")
+    srv.spawn()
+    reason = srv.ready()
+    assert reason is not None and "2 threads" in reason
+
+
+def test_an_unsafe_import_refuses_warm_start(tmp_path: Path) -> None:
+    srv = warm.ForkServer(sys.executable, _argv(BEHAVE), dict(os.environ), tmp_path / "log",
+                          unsafe=["json"])
+    srv.spawn()
+    reason = srv.ready()
+    assert reason is not None and "json, listed as unsafe to fork" in reason
+
+
+def _campaign(tmp_path: Path, scenario: Path, runs: int, action: str = "ok") -> Campaign:
+    config = {"strategies": {"host": {"python": sys.executable}}}
+    plan = new_plan(scenarios=[str(scenario)], strategies=["host"], runs=runs, jobs=2,
+                    seed=1, warm=True)
+    return Campaign(plan=plan, out=tmp_path / "c", resume=False, config=config,
+                    stream=io.StringIO())
+
+
+def test_warm_campaign_marks_every_record_and_interleaves_cold_controls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WARM_BEHAVE", "ok")
+    c = _campaign(tmp_path, BEHAVE, runs=30)
+    assert run(c) == 0
+    records = sorted(iter_records(c.out), key=lambda r: r["index"])
+    assert len(records) == 30
+    starts = {r["index"]: r["start"] for r in records}
+    assert [i for i, s in starts.items() if s == "cold"] == [
+        i for i in range(30) if warm.is_control(i, 30)
+    ]
+    assert sum(s == "warm" for s in starts.values()) == 10
+    assert all(r["category"] == "clean" and r["work_done"] for r in records)
+    report = json.loads((c.out / "report.json").read_text())
+    assert report["fidelity"] == [{
+        "scenario": "warm_behave", "strategy": "host", "load_label": records[0]["load"] and
+        report["cells"][0]["load_label"], "warm": [0, 10], "cold": [0, 20], "p_value": 1.0,
+        "differs": False,
+    }]
+    assert "Fidelity" in c.stream.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_cell_that_cannot_fork_runs_cold_and_says_why(tmp_path: Path) -> None:
+    c = _campaign(tmp_path, THREAD_AT_IMPORT, runs=4)
+    assert run(c) == 0
+    out = c.stream.getvalue()  # type: ignore[attr-defined]
+    assert "warm start refused for thread_at_import / host" in out
+    records = list(iter_records(c.out))
+    assert len(records) == 4
+    assert {r["start"] for r in records} == {"cold"}
+    assert all("2 threads" in r["warm_refused"] for r in records)
+    report = json.loads((c.out / "report.json").read_text())
+    assert any("ran cold although --warm was given" in n for n in report["notes"])
