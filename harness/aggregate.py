@@ -34,6 +34,8 @@ __all__ = [
     "Aggregate",
     "Cell",
     "CellComparison",
+    "Fidelity",
+    "FIDELITY_ALPHA",
     "SignatureStat",
     "iter_records",
     "read_campaign",
@@ -43,6 +45,9 @@ __all__ = [
 ]
 
 _EXCEPTION_PREFIX = "python-exception:"
+#: Below this Fisher p-value, a cell's warm and cold runs differ: its warm numbers are not
+#: trusted (the reports say so loudly and gates fail; harness/warm.py).
+FIDELITY_ALPHA = 0.01
 _EXEMPLAR_KEYS = ("run_id", "category", "outcome", "signal", "returncode", "phase", "stderr_tail",
                   "artifacts", "frames", "backtrace", "exception", "notes", "client_version",
                   "python")
@@ -127,6 +132,9 @@ class Cell:
     work_exceptions: Counter[str] = field(default_factory=Counter)  # type -> runs
     exception_text: str | None = None  # one "Type: message" of those
     duration_s: float = 0.0
+    starts: Counter[str] = field(default_factory=Counter)  # runs (infra excluded) by start
+    start_failures: Counter[str] = field(default_factory=Counter)
+    warm_refused: Counter[str] = field(default_factory=Counter)  # why a --warm cell ran cold
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -195,6 +203,12 @@ class Cell:
                 self.work_exceptions[exc_type] += 1
                 if text and self.exception_text is None:
                     self.exception_text = str(text)
+        start = record.get("start")
+        if start and category != "infra":
+            self.starts[start] += 1
+            self.start_failures[start] += category in FAILURE_CATEGORIES
+        if record.get("warm_refused"):
+            self.warm_refused[str(record["warm_refused"])] += 1
         if category == "infra":
             self.infra_signatures[signature] += 1
         elif category in FAILURE_CATEGORIES:
@@ -218,6 +232,7 @@ class Cell:
             "infra_signatures": dict(self.infra_signatures),
             "client_versions": dict(self.client_versions), "pythons": dict(self.pythons),
             "duration_s": round(self.duration_s, 3),
+            "starts": {start: [self.start_failures[start], n] for start, n in self.starts.items()},
         }
 
 
@@ -232,6 +247,54 @@ class CellComparison:
     def to_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "load_label": self.load_label,
                 **self.comparison.to_dict()}
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """A --warm cell's warm runs against its cold controls (Fisher's exact test)."""
+
+    cell: Cell
+    warm: tuple[int, int]  # (failures, runs)
+    cold: tuple[int, int]
+    p_value: float | None  # None: no cold controls to compare with
+
+    @property
+    def differs(self) -> bool:
+        """Warm and cold differ at FIDELITY_ALPHA: the cell's warm numbers are not trusted."""
+        return self.p_value is not None and self.p_value < FIDELITY_ALPHA
+
+    def sentence(self) -> str:
+        (kw, nw), (kc, nc) = self.warm, self.cold
+        counts = (f"warm {kw}/{nw} ({stats.format_rate(kw, nw)}), "
+                  f"cold {kc}/{nc} ({stats.format_rate(kc, nc)})")
+        where = f"{self.cell.scenario} / {self.cell.strategy}"
+        if self.p_value is None:
+            return f"{where}: {counts}: no cold controls, fidelity not measured."
+        p = stats.format_p(self.p_value)
+        if self.differs:
+            return (f"WARM AND COLD DIFFER for {where}: {counts}, Fisher {p} < "
+                    f"{FIDELITY_ALPHA:g}: warm start changes this cell's outcome; trust only "
+                    "its cold runs (rerun without --warm).")
+        return f"{where}: {counts}, Fisher {p}: warm and cold cannot be told apart."
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scenario": self.cell.scenario, "strategy": self.cell.strategy,
+                "load_label": self.cell.load_label, "warm": list(self.warm),
+                "cold": list(self.cold),
+                "p_value": None if self.p_value is None else stats._json_float(self.p_value),
+                "differs": self.differs}
+
+
+def _fidelity(cell: Cell) -> Fidelity | None:
+    if not cell.starts.get("warm"):
+        return None
+    warm = (cell.start_failures["warm"], cell.starts["warm"])
+    cold = (cell.start_failures["cold"], cell.starts["cold"])
+    p = None
+    if cold[1]:
+        p = stats.compare("cold", cold[0], cold[1], "warm", warm[0], warm[1]).p_value
+        p = 1.0 if math.isnan(p) else p
+    return Fidelity(cell, warm, cold, p)
 
 
 @dataclass
@@ -287,6 +350,14 @@ class Aggregate:
                 return c
         raise KeyError((scenario, strategy, load_label))
 
+    @property
+    def fidelity(self) -> list[Fidelity]:
+        """Warm vs cold per cell that had warm runs (``run --warm``), in cell order."""
+        return [f for f in map(_fidelity, self.cells) if f is not None]
+
+    def fidelity_of(self, cell: Cell) -> Fidelity | None:
+        return _fidelity(cell)
+
     def signatures(self) -> list[tuple[SignatureStat, list[Cell]]]:
         """Failure signatures over the whole campaign, most frequent first, with their cells."""
         merged: dict[str, tuple[SignatureStat, list[Cell]]] = {}
@@ -337,6 +408,7 @@ class Aggregate:
                 for s, cells in self.signatures()
             ],
             "comparisons": [c.to_dict() for c in self.comparisons],
+            "fidelity": [f.to_dict() for f in self.fidelity],
             "notes": self.notes,
             "duplicates": self.duplicates,
         }
@@ -369,6 +441,9 @@ def aggregate(records: Iterable[dict[str, Any]], campaign: dict[str, Any] | None
         if c.not_runnable is not None:
             notes.append(f"{c.scenario} / {c.strategy} is not runnable: all {c.runs} runs raised "
                          f"{c.not_runnable} during the work (left out of verdicts and gates)")
+        for reason in c.warm_refused:
+            notes.append(f"{c.scenario} / {c.strategy} ran cold although --warm was given: "
+                         f"{reason}")
     infra = sum(c.infra for c in ordered)
     if infra:
         notes.append(f"{infra} infra runs (service or harness failures) are excluded from "

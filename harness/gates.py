@@ -25,6 +25,10 @@ only failures with a matching signature), `confidence` (default 0.95).
 
 A gate that matches no cell is reported as a warning, not a failure: the same pyproject may
 hold gates for other campaigns.
+
+A gate never passes on warm numbers alone: when a cell ran with ``--warm`` and its warm runs
+differ from its cold controls (Fisher p < 0.01, harness/aggregate.py ``Fidelity``), every
+gate of that cell also gets a failing ``fidelity`` check.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shutdown_harness import stats
-from shutdown_harness.aggregate import Aggregate, Cell
+from shutdown_harness.aggregate import FIDELITY_ALPHA, Aggregate, Cell
 from shutdown_harness.errors import UsageError
 
 __all__ = ["THRESHOLDS", "Gate", "GateResult", "parse_gates", "evaluate", "unmatched"]
@@ -142,7 +146,18 @@ def evaluate(agg: Aggregate, gates: list[Gate] | Mapping[str, Any] | None) -> li
         for cell in agg.cells:
             if gate.matches(cell):
                 results.extend(_check(gate, cell))
+                results.extend(_check_fidelity(gate, agg, cell))
     return results
+
+
+def _check_fidelity(gate: Gate, agg: Aggregate, cell: Cell) -> list[GateResult]:
+    fidelity = agg.fidelity_of(cell)
+    if fidelity is None or not fidelity.differs:
+        return []
+    assert fidelity.p_value is not None
+    return [GateResult(gate, cell, "fidelity", FIDELITY_ALPHA, fidelity.p_value, False,
+                       f"warm and cold runs differ (Fisher {stats.format_p(fidelity.p_value)}): "
+                       "a gate cannot pass on warm numbers; rerun without --warm")]
 
 
 def unmatched(agg: Aggregate, gates: list[Gate] | Mapping[str, Any] | None) -> list[Gate]:

@@ -138,3 +138,35 @@ def test_runs_that_raise_during_the_work_and_then_crash_at_exit_are_not_runnable
     synth.write_records(tmp_path, recs)
     (cell,) = load_campaign(tmp_path).cells
     assert cell.not_runnable == text
+
+
+def _warm_cell(warm: tuple[int, int], cold: tuple[int, int]) -> list[dict[str, object]]:
+    """Records of one --warm cell: (failures, runs) warm and cold."""
+    out = []
+    index = 0
+    for start, (k, n) in (("warm", warm), ("cold", cold)):
+        for i in range(n):
+            rec = synth.record("s", "a", index, "pthread-exit-unwind-abort" if i < k else None)
+            rec["start"] = start
+            out.append(rec)
+            index += 1
+    return out
+
+
+def test_fidelity_compares_warm_runs_with_cold_controls() -> None:
+    from shutdown_harness.aggregate import aggregate
+
+    same = aggregate(_warm_cell((45, 180), (5, 20)))
+    (f,) = same.fidelity
+    assert (f.warm, f.cold) == ((45, 180), (5, 20))
+    assert f.p_value is not None and f.p_value > 0.5 and not f.differs
+    assert "cannot be told apart" in f.sentence()
+    assert same.to_dict()["fidelity"] == [f.to_dict()]
+    assert f.to_dict()["warm"] == [45, 180] and f.to_dict()["cold"] == [5, 20]
+
+    differ = aggregate(_warm_cell((0, 180), (12, 40)))
+    (f,) = differ.fidelity
+    assert f.differs and f.p_value is not None and f.p_value < 1e-6
+    assert f.sentence().startswith("WARM AND COLD DIFFER for s / a")
+    # a campaign without --warm has no fidelity section
+    assert aggregate([synth.record("s", "a", 0)]).fidelity == []

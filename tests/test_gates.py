@@ -80,3 +80,20 @@ def test_report_exits_1_when_a_pyproject_gate_fails(tmp_path: Path) -> None:
     assert "✅ upper 95% bound of the failure rate is 0.20% (0/2000)" in out.getvalue()
     pyproject.write_text('[tool.shutdown-harness.gates]\n"etcd-0.5.1" = { max_upper = 0.001 }\n')
     assert report_command(campaign, "junit", config=pyproject, stream=io.StringIO()) == 1
+
+
+def test_no_gate_passes_on_warm_numbers_that_differ_from_cold() -> None:
+    from fixtures.campaigns import synth
+    from shutdown_harness.aggregate import aggregate
+
+    records = []
+    for i in range(220):
+        start = "cold" if i % 10 == 0 else "warm"
+        failed = start == "cold" and i < 150  # cold crashes 15/22, warm never
+        rec = synth.record("s", "a", i, "pthread-exit-unwind-abort" if failed else None)
+        records.append(rec | {"start": start})
+    agg = aggregate(records)
+    results = evaluate(agg, {"a": {"max_failures": 100}})
+    assert [(g.threshold, g.passed) for g in results] == [
+        ("max_failures", True), ("fidelity", False)]
+    assert "warm and cold runs differ" in results[1].message

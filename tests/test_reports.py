@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fixtures.campaigns import synth
+from shutdown_harness.aggregate import load_campaign
 from shutdown_harness.errors import UsageError
 from shutdown_harness.reports import FORMATS, compare_command, render, write_all
 
@@ -102,3 +103,41 @@ def test_mixed_load_is_labelled_in_every_format(tmp_path: Path) -> None:
 def test_unknown_format(campaign: Path) -> None:
     with pytest.raises(UsageError, match="unknown report format"):
         render(campaign, "pdf", gates={})
+
+
+def test_fidelity_is_in_every_format_and_loud_when_warm_differs(tmp_path: Path) -> None:
+    from shutdown_harness.reports._common import command_line
+
+    synth.make_campaign(tmp_path, [synth.CellSpec("s", "old", 200, {"native-crash": 20})],
+                        plan={"warm": True})
+    lines = []
+    for line in (tmp_path / "results.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        rec["start"] = "cold" if rec["index"] % 10 == 0 else "warm"  # the crashes: cold 2/20
+        lines.append(json.dumps(rec))
+    (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
+    for fmt in ("terminal", "markdown", "html", "junit"):
+        text = render(tmp_path, fmt, gates={})
+        shown = r"warm 18/180.*cold 2/20|18/180 \| 2/20|warm_failures\" value=\"18/180"
+        assert re.search(shown, text, re.S), fmt
+        assert "DIFFER" not in text, fmt
+    doc = json.loads(render(tmp_path, "json", gates={}))
+    (f,) = doc["fidelity"]
+    assert (f["scenario"], f["strategy"], f["warm"], f["cold"]) == ("s", "old", [18, 180], [2, 20])
+    assert 0.5 < f["p_value"] <= 1.0
+    # now warm is clean and cold crashes: every format says it loudly, gates refuse to pass
+    lines = []
+    for line in (tmp_path / "results.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["start"] == "cold":
+            rec.update(category="crash", signature="native-crash", returncode=-6)
+        elif rec["category"] == "crash":
+            rec.update(category="clean", signature=None, returncode=0)
+        lines.append(json.dumps(rec))
+    (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
+    for fmt in ("terminal", "markdown", "html", "junit"):
+        assert "WARM AND COLD DIFFER for s / old" in render(tmp_path, fmt, gates={}), fmt
+    doc = json.loads(render(tmp_path, "json", gates={"old": {"max_failures": 1000}}))
+    assert doc["fidelity"][0]["differs"] and not doc["passed"]
+    # evidence and reruns reproduce cold: the command never carries --warm
+    assert "--warm" not in command_line(load_campaign(tmp_path))

@@ -254,6 +254,13 @@ def render(data: ReportData) -> str:
         out.append("</table>")
         for gate in data.unmatched_gates:
             out.append(f"<p>gate {escape(gate.name)} matches no cell of this campaign</p>")
+    if agg.fidelity:
+        out.append("<h2>Fidelity of warm start</h2><ul>")
+        for f in agg.fidelity:
+            css = ' class="fail"' if f.differs else ""
+            out.append(f"<li{css}>{'<strong>' if f.differs else ''}{escape(f.sentence())}"
+                       f"{'</strong>' if f.differs else ''}</li>")
+        out.append("</ul>")
     out += ["<h2>Signatures</h2>", _signatures(agg)]
     if agg.notes:
         out.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in agg.notes)

@@ -27,6 +27,12 @@ def render(data: ReportData) -> str:
                                 ("infra", cell.infra), ("rate", cell.rate_text()),
                                 ("load", cell.load_label)):
                 ET.SubElement(props, "property", name=name, value=str(value))
+            fidelity = agg.fidelity_of(cell)
+            if fidelity is not None:
+                for start, (k, n) in (("warm", fidelity.warm), ("cold", fidelity.cold)):
+                    ET.SubElement(props, "property", name=f"{start}_failures", value=f"{k}/{n}")
+                ET.SubElement(props, "property", name="fidelity_p_value",
+                              value="" if fidelity.p_value is None else f"{fidelity.p_value:.3g}")
             failed = [g for g in data.gates_of(cell) if not g.passed]
             if cell.not_runnable is not None:
                 ET.SubElement(case, "skipped", message=cell.rate_text())
@@ -38,6 +44,8 @@ def render(data: ReportData) -> str:
             out = ET.SubElement(case, "system-out")
             out.text = (f"{cell.failures}/{cell.runs} failures ({cell.rate_text()}), "
                         f"{cell.infra} infra; {top_signatures_text(cell, 5) or 'no failures'}")
+            if fidelity is not None:
+                out.text += f"\nfidelity: {fidelity.sentence()}"
             time += cell.duration_s
         suite.set("tests", str(len(cells)))
         suite.set("failures", str(failures))

@@ -48,6 +48,25 @@ def cells_table(data: ReportData) -> list[str]:
     return lines
 
 
+def _fidelity(data: ReportData) -> list[str]:
+    """``run --warm``: warm runs against cold controls per cell (Fisher's exact test)."""
+    fidelity = data.agg.fidelity
+    if not fidelity:
+        return []
+    differ = [f for f in fidelity if f.differs]
+    out = [f"### Fidelity of warm start: {'❌ warm and cold differ' if differ else '✅ faithful'}",
+           "", "| Cell | Warm (failures/runs) | Cold (failures/runs) | Fisher p |",
+           "|---|---:|---:|---:|"]
+    for f in fidelity:
+        p = "—" if f.p_value is None else stats.format_p(f.p_value).removeprefix("p = ")
+        mark = " ❌" if f.differs else ""
+        out.append(f"| {escape(f.cell.scenario)} / `{escape(cell_label(f.cell, data.agg))}` | "
+                   f"{f.warm[0]}/{f.warm[1]} | {f.cold[0]}/{f.cold[1]} | {p}{mark} |")
+    out.append("")
+    out += [f"> **{escape(f.sentence())}**" for f in differ]
+    return out + ([""] if differ else [])
+
+
 def render(data: ReportData) -> str:
     agg = data.agg
     out = [f"## {title(agg)}", ""]
@@ -61,6 +80,7 @@ def render(data: ReportData) -> str:
             "95% Wilson intervals; a zero-failure rate shows its upper bound. "
             "p-values: Fisher's exact test, two-sided, not adjusted for multiple comparisons.",
             ""]
+    out += _fidelity(data)
     signatures = agg.signatures()
     if signatures:
         out += ["### Signatures", "",

@@ -65,7 +65,22 @@ def cells_table(data: ReportData) -> Table:
     return table
 
 
+def _fidelity(console: Console, data: ReportData) -> None:
+    """``run --warm``: each warm cell against its cold controls; a difference is loud."""
+    fidelity = data.agg.fidelity
+    if not fidelity:
+        return
+    console.print("\n[bold]Fidelity[/bold] (warm start vs cold controls, Fisher's exact test)")
+    for f in fidelity:
+        if f.differs:
+            console.print(" [bold red]✘[/bold red] ", Text(f.sentence(), style="bold red"),
+                          sep="")
+        else:
+            console.print(" · ", Text(f.sentence()), sep="")
+
+
 def _tail(console: Console, data: ReportData) -> None:
+    _fidelity(console, data)
     lines = verdicts(data.agg)
     if lines:
         console.print("\n[bold]Verdicts[/bold]")
