@@ -17,7 +17,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 #: uv installs without compiling bytecode, and where PYTHONDONTWRITEBYTECODE is set (as on this
-#: project's machines) every harness process would then compile scipy again (~2 s of CPU).
+#: project's machines) every harness process would then compile rich and the harness again.
 COMPILED = {"UV_COMPILE_BYTECODE": "1"}
 
 

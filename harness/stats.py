@@ -1,14 +1,19 @@
 """Statistics: failure-rate intervals, strategy comparisons, adaptive stopping, number formats.
 
-Everything here is a pure function of counts. The heavy lifting is scipy's:
+Everything here is a pure function of counts, in the standard library: the normal quantile is
+`statistics.NormalDist`'s, the rest is closed forms and one sum. (scipy gives the same numbers,
+as tests/test_stats.py checks, but ``import scipy.stats`` cost ~1.8 s of every 2 s one-run
+campaign on this project's machines, and every report needs these numbers.)
 
-- a rate's interval is the Wilson score interval (`scipy.stats.binomtest(...).proportion_ci`),
-  which behaves at 0 and n failures, where the textbook normal interval collapses. With zero
-  failures only its upper bound means anything, so it is shown as "< 0.13%" (0/3000): the
-  two-sided 95% upper bound, i.e. a conservative one-sided 97.5% bound;
-- two strategies are compared with Fisher's exact test (`scipy.stats.fisher_exact`, two-sided)
-  and the rate ratio with its Katz log interval (`scipy.stats.contingency.relative_risk`). When a
-  count is zero the ratio's interval is undefined, so the Haldane-Anscombe correction (add 0.5 to
+- a rate's interval is the Wilson score interval (scipy's ``binomtest(...).proportion_ci(
+  method="wilson")``), which behaves at 0 and n failures, where the textbook normal interval
+  collapses. With zero failures only its upper bound means anything, so it is shown as
+  "< 0.13%" (0/3000): the two-sided 95% upper bound, i.e. a conservative one-sided 97.5% bound;
+- two strategies are compared with Fisher's exact test, two-sided as scipy's ``fisher_exact``
+  defines it (the probability of every table, with the same margins, no more likely than the
+  one seen; the hypergeometric terms are summed outward from the mode), and the rate ratio
+  with its Katz log interval (scipy's ``relative_risk(...).confidence_interval``). When a count
+  is zero the ratio's interval is undefined, so the Haldane-Anscombe correction (add 0.5 to
   every cell) is used for the interval only; the point estimate stays 0 (or infinite).
 
 Counts are always (failures, runs): runs exclude `infra` runs, failures are `crash` + `error`
@@ -19,10 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import cache
+from statistics import NormalDist
 from typing import Any
 
-from scipy.stats import binomtest, fisher_exact, norm
-from scipy.stats.contingency import relative_risk
 from shutdown_harness.errors import UsageError
 
 __all__ = [
@@ -34,6 +39,7 @@ __all__ = [
     "cell_done",
     "parse_halfwidth",
     "compare",
+    "fisher_exact",
     "format_pct",
     "format_rate",
     "format_p",
@@ -43,6 +49,14 @@ __all__ = [
 
 CONFIDENCE = 0.95
 ALPHA = 0.05  # significance level of the verdict sentences
+#: scipy's tolerance for tables as likely as the one seen (floating-point ties count as ties).
+_TIE = 1 + 1e-7
+
+
+@cache
+def _z(confidence: float) -> float:
+    """The two-sided normal quantile: 1.96 for 0.95."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
 def wilson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -51,8 +65,10 @@ def wilson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[flo
         raise ValueError(f"need 0 <= k <= n, got k={k} n={n}")
     if n == 0:
         return (0.0, 1.0)
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    lo, hi = float(ci.low), float(ci.high)
+    z2 = _z(confidence) ** 2
+    center = (k + z2 / 2) / (n + z2)
+    half = math.sqrt(z2) / (n + z2) * math.sqrt(k * (n - k) / n + z2 / 4)
+    lo, hi = center - half, center + half
     # The closed form can land a hair outside [0, 1] or off the exact ends at k=0 / k=n.
     return (0.0 if k == 0 else max(0.0, lo), 1.0 if k == n else min(1.0, hi))
 
@@ -174,9 +190,41 @@ def compare(a: str, k_a: int, n_a: int, b: str, k_b: int, n_b: int,
     if n_a == 0 or n_b == 0:
         return Comparison(a, b, k_a, n_a, k_b, n_b, math.nan, math.nan, math.nan, math.nan,
                           confidence)
-    _, p = fisher_exact([[k_b, n_b - k_b], [k_a, n_a - k_a]], alternative="two-sided")
+    p = fisher_exact(k_b, n_b - k_b, k_a, n_a - k_a)
     ratio, lo, hi = _rate_ratio(k_b, n_b, k_a, n_a, confidence)
-    return Comparison(a, b, k_a, n_a, k_b, n_b, float(p), ratio, lo, hi, confidence)
+    return Comparison(a, b, k_a, n_a, k_b, n_b, p, ratio, lo, hi, confidence)
+
+
+def fisher_exact(a: int, b: int, c: int, d: int) -> float:
+    """Fisher's exact test, two-sided, of the table ``[[a, b], [c, d]]``: its p-value.
+
+    With the margins fixed, ``a`` is hypergeometric; the p-value is the probability of every
+    ``a`` no more likely than the one seen. The terms are relative to the mode (1 there) and
+    made by the ratio of consecutive terms, so nothing overflows; terms below 1e-300 of the
+    mode's are left out, which moves no p-value that `format_p` shows (it stops at 1e-100).
+    """
+    if min(a, b, c, d) < 0:
+        raise ValueError(f"a table needs counts >= 0, got {[[a, b], [c, d]]}")
+    row, col, total = a + b, a + c, a + b + c + d
+    lo, hi = max(0, row + col - total), min(row, col)
+    if lo == hi:
+        return 1.0
+    mode = (row + 1) * (col + 1) // (total + 2)
+    other = total - row - col  # d - a, the constant in the ratio of consecutive terms
+    terms = {mode: 1.0}
+    term, x = 1.0, mode
+    while x < hi and term > 1e-300:  # P(x+1) / P(x)
+        term *= (col - x) * (row - x) / ((x + 1) * (other + x + 1))
+        x += 1
+        terms[x] = term
+    term, x = 1.0, mode
+    while x > lo and term > 1e-300:  # P(x-1) / P(x)
+        term *= x * (other + x) / ((col - x + 1) * (row - x + 1))
+        x -= 1
+        terms[x] = term
+    seen = terms.get(a, 0.0) * _TIE
+    tail = math.fsum(t for t in terms.values() if t <= seen)
+    return min(1.0, tail / math.fsum(terms.values()))
 
 
 def _rate_ratio(k_b: int, n_b: int, k_a: int, n_a: int,
@@ -184,15 +232,15 @@ def _rate_ratio(k_b: int, n_b: int, k_a: int, n_a: int,
     """rate_b / rate_a and its Katz log interval (Haldane-Anscombe corrected at zero counts)."""
     if k_a == 0 and k_b == 0:
         return (math.nan, math.nan, math.nan)
+    z = _z(confidence)
     if k_a > 0 and k_b > 0:
-        rr = relative_risk(k_b, n_b, k_a, n_a)
-        ci = rr.confidence_interval(confidence_level=confidence)
-        return (float(rr.relative_risk), float(ci.low), float(ci.high))
-    # One side is zero: scipy's interval is undefined there. Corrected counts for the interval.
+        rr = (k_b / n_b) / (k_a / n_a)
+        se = math.sqrt(1 / k_b - 1 / n_b + 1 / k_a - 1 / n_a)
+        return (rr, rr * math.exp(-z * se), rr * math.exp(z * se))
+    # One side is zero: the Katz interval is undefined there. Corrected counts for the interval.
     a, b, c, d = k_b + 0.5, n_b + 1.0, k_a + 0.5, n_a + 1.0
     log_rr = math.log((a / b) / (c / d))
     se = math.sqrt(1 / a - 1 / b + 1 / c - 1 / d)
-    z = float(norm.ppf(0.5 + confidence / 2))
     lo, hi = math.exp(log_rr - z * se), math.exp(log_rr + z * se)
     if k_b == 0:
         return (0.0, 0.0, hi)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 from shutdown_harness import stats
@@ -113,3 +115,65 @@ def test_parse_halfwidth() -> None:
     for bad in ("x", "0", "60%", "-1"):
         with pytest.raises(UsageError):
             stats.parse_halfwidth(bad)
+
+
+# -- the same numbers as scipy (a test dependency only: the harness does not import it) ------
+_TABLES = [(412, 1588, 0, 2000), (40, 1960, 412, 1588), (3, 197, 4, 196), (0, 200, 0, 200),
+           (1, 0, 0, 1), (5, 0, 0, 5), (7, 3, 2, 8), (0, 10, 10, 0), (2, 30, 30, 2),
+           (1, 99999, 7, 99993), (120, 2880, 95, 2905), (25000, 25000, 24700, 25300),
+           (0, 3000, 1, 2999), (9, 1, 11, 0), (50, 50, 50, 50), (3, 5, 3, 5)]
+
+
+@pytest.mark.parametrize("table", _TABLES, ids=[str(t) for t in _TABLES])
+def test_fisher_exact_is_scipys_two_sided_test(table: tuple[int, int, int, int]) -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    a, b, c, d = table
+    expected = float(scipy_stats.fisher_exact([[a, b], [c, d]], alternative="two-sided")[1])
+    got = stats.fisher_exact(a, b, c, d)
+    if expected < 1e-250:  # beyond the digits format_p shows
+        assert got < 1e-100
+    else:
+        assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_fisher_exact_symmetries_and_bad_input() -> None:
+    for a, b, c, d in _TABLES:
+        p = stats.fisher_exact(a, b, c, d)
+        assert 0.0 <= p <= 1.0
+        assert stats.fisher_exact(c, d, a, b) == pytest.approx(p, rel=1e-9)  # rows swapped
+        assert stats.fisher_exact(a, c, b, d) == pytest.approx(p, rel=1e-9)  # transposed
+    with pytest.raises(ValueError):
+        stats.fisher_exact(-1, 2, 3, 4)
+
+
+@pytest.mark.parametrize(("k", "n"), [(412, 2000), (1, 3), (7, 100000), (0, 3000), (50, 50),
+                                      (2, 9)])
+def test_wilson_interval_is_scipys(k: int, n: int) -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for confidence in (0.9, 0.95, 0.99):
+        ci = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=confidence,
+                                                       method="wilson")
+        lo, hi = stats.wilson_interval(k, n, confidence)
+        assert lo == pytest.approx(max(0.0, float(ci.low)), abs=1e-12)
+        assert hi == pytest.approx(min(1.0, float(ci.high)), abs=1e-12)
+
+
+@pytest.mark.parametrize(("k_b", "n_b", "k_a", "n_a"),
+                         [(40, 2000, 412, 2000), (412, 2000, 40, 2000), (1, 10, 3, 7)])
+def test_rate_ratio_interval_is_scipys_katz_interval(k_b: int, n_b: int, k_a: int,
+                                                     n_a: int) -> None:
+    contingency = pytest.importorskip("scipy.stats.contingency")
+    rr = contingency.relative_risk(k_b, n_b, k_a, n_a)
+    ci = rr.confidence_interval(confidence_level=0.95)
+    c = stats.compare("a", k_a, n_a, "b", k_b, n_b)
+    assert (c.ratio, c.ratio_lo, c.ratio_hi) == pytest.approx(
+        (float(rr.relative_risk), float(ci.low), float(ci.high)), rel=1e-9)
+
+
+def test_the_numbers_need_no_scipy() -> None:
+    code = ("import sys; from shutdown_harness import reports, stats, workflow, cli; "
+            "stats.compare('a', 3, 10, 'b', 1, 10); stats.format_rate(1, 10); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
