@@ -10,13 +10,14 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from shutdown_harness.schema import FAILURE_CATEGORIES, counts_for_rate
+
+if TYPE_CHECKING:
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import Progress
 
 __all__ = ["Tally", "ProgressView"]
 
@@ -86,6 +87,19 @@ class ProgressView:
 
     def __enter__(self) -> ProgressView:
         if self.live:
+            # rich's live display is imported only for a terminal: rich.live and rich.progress
+            # are a quarter of a one-run campaign's import time (-X importtime), and CI logs,
+            # pipes and the bench print plain status lines.
+            from rich.console import Console
+            from rich.live import Live
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             console = Console(file=self.stream)
             self._progress = Progress(
                 TextColumn("[bold]runs"),
@@ -129,6 +143,9 @@ class ProgressView:
         )
 
     def _render(self) -> Group:
+        from rich.console import Group
+        from rich.table import Table
+
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
         table.add_column("scenario")
         table.add_column("strategy")
