@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock, Timeout
 from shutdown_harness.errors import UsageError
 
 if TYPE_CHECKING:
@@ -219,6 +218,10 @@ def ensure(
         say(f"{strategy.name}: reusing {target}")
         return _python_of(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # filelock (~25 ms of imports, -X importtime) is needed only to build: `list` and runs
+    # with an existing virtualenv never get here.
+    from filelock import FileLock, Timeout
+
     lock = FileLock(str(target.parent / f".{target.name}.lock"), timeout=_LOCK_TIMEOUT_S)
     try:
         with lock:

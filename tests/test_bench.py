@@ -60,3 +60,17 @@ def test_ultra_rapid_rows_against_a_real_etcd(tmp_path: Path) -> None:
     cost = next(cells[0] for name, cells in rows.items() if name.startswith("child cost"))
     assert "imports" in cost and "finalization with the client" in cost
     assert len(raw["throughput ultra_rapid"]["sequential_s"]) == 1
+
+
+def test_startup_rows(tmp_path: Path) -> None:
+    out, raw = _bench(tmp_path, "--only", "startup")
+    rows = _rows(out)
+    assert rows["start-up: `python -c pass` alone (median wall)"][0].endswith(" ms")
+    for what in ("--help", "list"):
+        row = rows[f"start-up: `shutdown-harness {what}` (median wall; paired ratio to the bare "
+                   "Python)"]
+        assert row[1] == "< 0.15 s" and row[2] in ("yes", "**no**")
+    (one_run,) = [r for name, r in rows.items() if name.startswith("start-up: a one-run")]
+    assert one_run[0].endswith(" ms)") and one_run[1] == "<= 15x"
+    assert {k: len(v) for k, v in raw["startup_s"].items()} == {
+        "bare": 1, "help": 1, "list": 1, "run": 1}
