@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     evidence_cmd = sub.add_parser("evidence", help="an upstream-ready evidence bundle")
     evidence_cmd.add_argument("dir", type=Path)
     evidence_cmd.add_argument("--out", type=Path, required=True)
+    evidence_cmd.add_argument("--scenario", help="the cell's scenario (default: see --strategy)")
+    evidence_cmd.add_argument("--strategy", help="the cell's strategy (default: the newest"
+                              " release that still fails)")
 
     merge = sub.add_parser("merge", help="combine shard folders")
     merge.add_argument("dirs", type=Path, nargs="+")
@@ -350,8 +353,13 @@ def _cmd_compare(args: argparse.Namespace, config: dict[str, Any]) -> int:
 def _cmd_evidence(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from shutdown_harness.evidence import build_bundle
 
-    bundle = build_bundle(args.dir, args.out, gates=config.get("gates"))
-    print(f"evidence bundle: {bundle}")
+    bundle = build_bundle(args.dir, args.out, gates=config.get("gates"),
+                          scenario=args.scenario, strategy=args.strategy)
+    issue = len((bundle.path / "ISSUE.md").read_text(encoding="utf-8"))
+    cell = bundle.choice.cell
+    print(f"evidence bundle: {bundle.path} ({bundle.size():,} bytes; ISSUE.md {issue:,}"
+          f" characters), {bundle.tarball} ({bundle.tarball.stat().st_size:,} bytes)\n"
+          f"cell: {cell.scenario} x {cell.strategy}: {bundle.choice.reason}")
     return EXIT_OK
 
 

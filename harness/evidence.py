@@ -1,62 +1,212 @@
-"""Evidence bundle: a campaign folder -> a folder (and .tar.gz) ready for an upstream issue.
+"""Evidence bundle: a campaign folder -> a folder (and .tar.gz) to post upstream as it is.
 
     BUNDLE/
-      ISSUE.md         title, verdicts, summary table with intervals across versions, signatures
-                       with exemplar stderr and native backtrace, environment, how to reproduce
-      reproduce.py     standalone: needs only the client and an etcd endpoint (see below)
-      COMMAND.txt      the exact command that reruns the campaign with shutdown-harness
+      ISSUE.md         at most 60,000 characters, whatever the campaign: title, which cell the
+                       bundle is about and why, rates with intervals and p-values, per
+                       signature its explanation and upstream links (signatures.toml), the top
+                       frames of the crashing thread and one trimmed stderr exemplar; how to
+                       reproduce; the environment; the list of the files below
+      reproduce.py     shutdown_harness/reproducer.py with its CONFIG block filled in: runs the
+                       scenario in fresh child processes, each in a fresh folder, and takes
+                       exactly the endpoints the scenario's SERVICES need (--NAME HOST:PORT)
+      scenario/        the scenario file and the local modules it imports (e.g. _clients.py)
+      COMMAND.txt      how to rerun: reproduce.py, and the campaign with shutdown-harness,
+                       with paths inside the bundle only
       results.jsonl    the raw records; campaign.json the plan and environment
       report.md, report.html, report.json
-      artifacts/       stdout/stderr/backtrace of the exemplar runs (no core files)
+      artifacts/       every exemplar run's full stdout, stderr and gdb backtrace (all threads)
     BUNDLE.tar.gz
 
-`reproduce.py` inlines the failing scenario's source (and the sibling helper modules it imports,
-such as `_clients.py`) and runs its `main()` in fresh child processes of itself, each of which
-then exits normally, so interpreter finalization happens as it does for a user. It prints how
-many children crashed and exits 1 when any did. A `--command` campaign's reproducer runs the
-command instead.
+The cell (scenario x strategy x load) is the one `--scenario`/`--strategy` name, else the
+newest release that still fails at shutdown (versions compared with `packaging.version`):
+upstream acts on the newest release, not on the oldest one that fails most surely.
 """
 
 from __future__ import annotations
 
 import ast
-import json
+import dataclasses
+import pprint
+import re
 import shlex
 import shutil
-import string
 import tarfile
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from shutdown_harness import MARKER, __version__
-from shutdown_harness.aggregate import Aggregate, Cell, load_campaign
-from shutdown_harness.discovery import BUILTIN_DIR
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+from shutdown_harness import __version__
+from shutdown_harness.aggregate import Aggregate, Cell, SignatureStat, load_campaign
+from shutdown_harness.discovery import BUILTIN_DIR, DEFAULT_SERVICES
 from shutdown_harness.errors import UsageError
 from shutdown_harness.reports import prepare, render
 from shutdown_harness.reports._common import (
     ReportData,
     artifact_dir,
-    command_line,
     crashing_thread,
     env_rows,
-    read_artifact,
     verdicts,
 )
 from shutdown_harness.reports.markdown import cells_table, escape
+from shutdown_harness.signatures import rule_by_id
 
-__all__ = ["build_bundle", "reproducer_source", "scenario_path", "focus_cell"]
+__all__ = [
+    "ISSUE_LIMIT",
+    "Bundle",
+    "Choice",
+    "build_bundle",
+    "choose_cell",
+    "release_of",
+    "reproducer_source",
+    "scenario_path",
+    "scenario_services",
+]
 
+#: GitHub takes an issue body of up to 65,536 characters; leave room for the poster's words.
+ISSUE_LIMIT = 60_000
 _BUNDLE_MARK = "ISSUE.md"
 _ARTIFACT_FILES = ("stderr.txt", "stdout.txt", "backtrace.txt")
 _MAX_SIGNATURES = 3
+_MAX_FRAMES = 12
+_MAX_FRAME_CHARS = 200
+_STDERR_HEAD, _STDERR_TAIL, _MAX_STDERR_CHARS = 12, 20, 3_000
+_MAX_TABLE_ROWS = 30
+_MAX_VERDICTS = 10
+_MAX_SCENARIO_CHARS = 6_000
+_SCENARIO_DIR = "scenario"
+_CONFIG_START = "# -- CONFIG:"
+_CONFIG_END = "# -- end of CONFIG"
 
 
-def focus_cell(agg: Aggregate) -> Cell:
-    """The cell the issue is about: the surest failure (highest lower bound, then count)."""
-    failing = [c for c in agg.cells if c.failures]
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The cell a bundle is about, and why that one."""
+
+    cell: Cell
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """A written bundle: its folder, its tarball, the cell it is about."""
+
+    path: Path
+    tarball: Path
+    choice: Choice
+
+    def size(self) -> int:
+        """Bytes of every file in the folder."""
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------------------------
+# Which cell
+
+
+def _requirements(agg: Aggregate, cell: Cell) -> list[str]:
+    """What to pip install: the cell's recorded client versions, else the strategy's spec."""
+    versions = [v for v in cell.client_versions if "==" in v]
+    if versions:
+        return sorted({part for v in versions for part in v.split("+")})
+    spec = (agg.campaign.get("strategies") or {}).get(cell.strategy) or {}
+    return [str(r) for r in spec.get("requirements") or []]
+
+
+def release_of(agg: Aggregate, cell: Cell) -> tuple[str, Version] | None:
+    """(distribution, version) of the first pinned package of the cell, or None."""
+    for text in _requirements(agg, cell):
+        name = Path(text).name
+        if name.endswith(".whl"):  # a local wheel: its file name says
+            try:
+                dist, version, _, _ = parse_wheel_filename(name)
+            except InvalidWheelFilename:
+                continue
+            return str(dist), version
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        for spec in requirement.specifier:
+            if spec.operator in ("==", "===") and "*" not in spec.version:
+                try:
+                    return requirement.name, Version(spec.version)
+                except InvalidVersion:
+                    continue
+    return None
+
+
+def _fails_at_shutdown(cell: Cell) -> bool:
+    return any(s.phases.get("finalization") for s in cell.signatures.values())
+
+
+def _release_text(agg: Aggregate, cell: Cell) -> str:
+    release = release_of(agg, cell)
+    return f"{release[0]} {release[1]}" if release else f"`{cell.strategy}`"
+
+
+def choose_cell(agg: Aggregate, scenario: str | None = None,
+                strategy: str | None = None) -> Choice:
+    """The cell to report: the one named, else the newest release that still fails at shutdown
+    (then the surest failure among that release's cells)."""
+    cells = agg.cells
+    if scenario is not None:
+        cells = [c for c in cells if c.scenario == scenario]
+        if not cells:
+            raise UsageError(f"no scenario {scenario!r} in this campaign"
+                             f" (it has: {', '.join(agg.scenarios)})")
+    if strategy is not None:
+        cells = [c for c in cells if c.strategy == strategy]
+        if not cells:
+            known = ", ".join(dict.fromkeys(c.strategy for c in agg.cells
+                                            if scenario in (None, c.scenario)))
+            raise UsageError(f"no strategy {strategy!r} in this campaign (it has: {known})")
+    failing = [c for c in cells if c.failures]
     if not failing:
-        raise UsageError("no failures in this campaign: nothing to report upstream")
-    return max(failing, key=lambda c: (c.interval()[0], c.failures))
+        which = " for that cell" if scenario or strategy else " in this campaign"
+        raise UsageError(f"no failures{which}: nothing to report upstream")
+
+    def surest(c: Cell) -> tuple[float, int]:
+        return c.interval()[0], c.failures
+
+    if scenario is not None and strategy is not None:
+        cell = max(failing, key=surest)
+        return Choice(cell, f"named with --scenario {scenario} --strategy {strategy}")
+    at_shutdown = [c for c in failing if _fails_at_shutdown(c)]
+    pool = at_shutdown or failing
+    versioned = [c for c in pool if release_of(agg, c) is not None]
+    named = ("--scenario " + scenario if scenario else "") + \
+            ("--strategy " + strategy if strategy else "")
+    lead = f"among the cells of {named}, " if named else ""
+    if not versioned:
+        cell = max(pool, key=surest)
+        return Choice(cell, lead + "the surest failure (highest lower bound of the failure"
+                      " rate): no strategy pins a release")
+    cell = max(versioned, key=lambda c: (release_of(agg, c)[1], surest(c)))  # type: ignore[index]
+    newest = release_of(agg, cell)
+    assert newest is not None
+    reason = [lead + f"the newest release that still fails: {newest[0]} {newest[1]}"
+              f" ({cell.failures}/{cell.runs} runs, {cell.rate_text()})"]
+    newer_clean = sorted(
+        {_release_text(agg, c) + f" ({c.failures}/{c.runs})" for c in cells
+         if c.scenario == cell.scenario and (r := release_of(agg, c)) is not None
+         and r[0] == newest[0] and r[1] > newest[1] and not _fails_at_shutdown(c)})
+    if newer_clean:
+        reason.append("newer without failures at shutdown: " + ", ".join(newer_clean))
+    older = sorted({str(r[1]) for c in pool if c is not cell
+                    and (r := release_of(agg, c)) is not None and r[1] < newest[1]},
+                   key=Version)
+    if older:
+        reason.append("older releases that fail too: " + ", ".join(older))
+    if at_shutdown and len(at_shutdown) < len(failing):
+        reason.append("cells whose failures are all during the work were passed over")
+    return Choice(cell, "; ".join(reason))
+
+
+# --------------------------------------------------------------------------------------------
+# The scenario and its reproducer
 
 
 def scenario_path(agg: Aggregate, scenario: str) -> Path | None:
@@ -71,9 +221,8 @@ def scenario_path(agg: Aggregate, scenario: str) -> Path | None:
     paths = campaign.get("scenarios_paths")
     if isinstance(paths, dict) and paths.get(scenario):
         candidates.append(Path(paths[scenario]))
-    builtin = BUILTIN_DIR
-    candidates += [Path(scenario), builtin / f"{scenario}.py",
-                   builtin / f"{scenario.replace('-', '_')}.py"]
+    candidates += [Path(scenario), BUILTIN_DIR / f"{scenario}.py",
+                   BUILTIN_DIR / f"{scenario.replace('-', '_')}.py"]
     for path in candidates:
         if path.suffix == ".py" and path.is_file():
             return path
@@ -91,234 +240,103 @@ def _local_imports(source: str, folder: Path) -> list[str]:
     return [n for n in dict.fromkeys(names) if (folder / f"{n}.py").is_file()]
 
 
-def _helpers(path: Path, source: str) -> dict[str, str]:
-    """Sibling modules the scenario needs, transitively, in dependency order."""
-    found: dict[str, str] = {}
+def _helpers(path: Path) -> list[Path]:
+    """Sibling modules the scenario imports, transitively."""
+    found: dict[str, Path] = {}
 
-    def visit(src: str) -> None:
-        for name in _local_imports(src, path.parent):
+    def visit(source: str) -> None:
+        for name in _local_imports(source, path.parent):
             if name not in found and name != path.stem:
-                text = (path.parent / f"{name}.py").read_text(encoding="utf-8")
-                visit(text)
-                found[name] = text
+                found[name] = path.parent / f"{name}.py"
+                visit(found[name].read_text(encoding="utf-8"))
 
-    visit(source)
-    return found
-
-
-def _literal(text: str) -> str:
-    """A Python literal for `text`: a readable raw triple-quoted string when that is exact."""
-    candidate = "r'''" + text + "'''"
-    try:
-        if ast.literal_eval(candidate) == text:
-            return candidate
-    except (SyntaxError, ValueError):
-        pass
-    return repr(text)
+    visit(path.read_text(encoding="utf-8"))
+    return list(found.values())
 
 
-def _scenario_constant(source: str, name: str) -> Any:
+def _constant(source: str, name: str) -> Any:
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == name for t in node.targets
-        ):
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
             try:
-                return ast.literal_eval(node.value)
+                return ast.literal_eval(value)
             except ValueError:
                 return None
     return None
 
 
-_TEMPLATE = string.Template('''\
-#!/usr/bin/env python3
-"""Standalone reproducer: $title
-
-Generated by shutdown-harness $version from the scenario `$scenario`$origin.
-It runs the scenario's body in fresh child processes of this script; each child then exits
-normally, so the interpreter finalizes as it does for any user. The script counts how many
-children died (a signal such as SIGABRT/SIGSEGV, or an error exit) and exits 1 if any did.
-
-Needs only the client and an etcd endpoint:
-
-    python -m pip install $requirements
-    python reproduce.py --endpoint 127.0.0.1:2379 --runs 200 --jobs $jobs
-
-What shutdown-harness measured (95% Wilson intervals, jobs per CPU matter):
-$measured
-"""
-
-import argparse
-import collections
-import os
-import signal
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
-
-MARKER = $marker
-SCENARIO_NAME = $scenario_repr
-SCENARIO_SOURCE = $source
-HELPERS = $helpers
-COMMAND = $command
-
-
-def child():
-    """One run: the scenario's main(), the work-done marker, then a normal interpreter exit."""
-    import asyncio
-    import faulthandler
-    import inspect
-    import linecache
-    import types
-
-    faulthandler.enable(all_threads=True)
-
-    def load(name, source):
-        filename = "<reproduce.py:%s.py>" % name
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        module = types.ModuleType(name)
-        module.__file__ = filename
-        sys.modules[name] = module
-        exec(compile(source, filename, "exec"), module.__dict__)
-        return module
-
-    for name, source in HELPERS.items():
-        load(name, source)
-    scenario = load("scenario", SCENARIO_SOURCE)
-    if inspect.iscoroutinefunction(scenario.main):
-        asyncio.run(scenario.main())
+def scenario_services(agg: Aggregate, source: str | None) -> list[dict[str, str]]:
+    """The services the scenario declares (its SERVICES; a `--command` campaign: those the
+    campaign started), each with the environment variable that carries its endpoint."""
+    started = agg.campaign.get("services") or {}
+    if source is None:
+        names = list(started)
     else:
-        scenario.main()
-    print(MARKER, flush=True)
-    # Return: the interpreter finalizes now, with whatever the client left running.
+        declared = _constant(source, "SERVICES")
+        if declared is None:
+            declared = DEFAULT_SERVICES
+        names = [declared] if isinstance(declared, str) else list(declared)
+    out = []
+    for name in names:
+        info = started.get(name) if isinstance(started, dict) else None
+        env = info.get("env") if isinstance(info, dict) else None
+        out.append({"name": str(name),
+                    "env": str(env or "SHUTDOWN_HARNESS_" + re.sub(r"\W", "_", name).upper())})
+    return out
 
 
-def run_one(index, args):
-    env = dict(os.environ)
-    env["SHUTDOWN_HARNESS_ETCD"] = args.endpoint
-    if args.valkey:
-        env["SHUTDOWN_HARNESS_VALKEY"] = args.valkey
-    env["SHUTDOWN_HARNESS_RUN_ID"] = "reproduce/%d" % index
-    env["SHUTDOWN_HARNESS_SEED"] = str(index)
-    argv = list(COMMAND) if COMMAND else [sys.executable, os.path.abspath(__file__), "--child"]
-    if COMMAND:
-        env["PYTHONFAULTHANDLER"] = "1"
-    started = time.monotonic()
-    try:
-        proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              timeout=args.timeout)
-    except subprocess.TimeoutExpired as e:
-        return index, None, (e.stderr or b"").decode(errors="replace"), False, args.timeout
-    out = proc.stdout.decode(errors="replace")
-    err = proc.stderr.decode(errors="replace")
-    return index, proc.returncode, err, MARKER in out, time.monotonic() - started
+def _template() -> str:
+    return resources.files("shutdown_harness").joinpath("reproducer.py").read_text("utf-8")
 
 
-def describe(returncode):
-    if returncode is None:
-        return "hang"
-    if returncode < 0:
-        try:
-            return signal.Signals(-returncode).name
-        except ValueError:
-            return "signal %d" % -returncode
-    return "exit %d" % returncode if returncode else "clean"
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--endpoint", default="127.0.0.1:2379", help="etcd host:port")
-    parser.add_argument("--valkey", default=None, help="valkey host:port, if the scenario uses it")
-    parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--jobs", type=int, default=$jobs, help="children run at once")
-    parser.add_argument("--timeout", type=float, default=$timeout, help="seconds per child")
-    parser.add_argument("--show", type=int, default=1, help="print stderr of the first N deaths")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child()
-        return 0
-    print("%s: %d runs, %d at a time, etcd at %s, %s" % (
-        SCENARIO_NAME, args.runs, args.jobs, args.endpoint, sys.executable), flush=True)
-    outcomes = collections.Counter()
-    shown = 0
-    deaths = 0
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for index, returncode, err, work_done, seconds in pool.map(
-                lambda i: run_one(i, args), range(args.runs)):
-            what = describe(returncode)
-            outcomes[what] += 1
-            if what == "clean":
-                continue
-            deaths += 1
-            when = "after the work was done (at shutdown)" if work_done else "during the work"
-            print("run %d: %s %s, %.2f s" % (index, what, when, seconds), flush=True)
-            if shown < args.show:
-                shown += 1
-                print("---- stderr of run %d ----\\n%s\\n----" % (index, err.strip()[-4000:]))
-    summary = ", ".join("%s %d" % kv for kv in sorted(outcomes.items(), key=lambda kv: -kv[1]))
-    print("%d/%d runs died (%s)" % (deaths, args.runs, summary))
-    return 1 if deaths else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-''')
-
-
-def reproducer_source(agg: Aggregate, cell: Cell | None = None) -> str:
-    """The text of reproduce.py for `cell` (default: the focus cell)."""
-    cell = cell or focus_cell(agg)
+def reproducer_source(agg: Aggregate, cell: Cell, scenario_file: str | None) -> str:
+    """The text of reproduce.py for `cell`: the shipped reproducer with its CONFIG filled in.
+    `scenario_file` is the scenario's path inside the bundle (None for a --command campaign)."""
     plan = agg.campaign.get("plan") or {}
-    command = None
-    source = helpers = ""
-    origin = ""
-    if plan.get("command"):
-        command = shlex.split(str(plan["command"]))
-        source, helper_map = "", {}
-    else:
-        path = scenario_path(agg, cell.scenario)
-        if path is None:
-            raise UsageError(f"cannot find the source of scenario {cell.scenario!r} "
-                             "(not in campaign.json nor in the scenarios folder)")
-        source = path.read_text(encoding="utf-8")
-        helper_map = _helpers(path, source)
-        origin = f" ({path.name}" + (f" + {', '.join(f'{h}.py' for h in helper_map)})"
-                                     if helper_map else ")")
-    helpers = "{}"
-    if helper_map:
-        items = "".join(f"    {name!r}: {_literal(text)},\n" for name, text in helper_map.items())
-        helpers = "{\n" + items + "}"
-    timeout = plan.get("timeout") or _scenario_constant(source, "TIMEOUT") or 30.0
-    measured = "\n".join(
-        f"    {c.strategy:<28} {c.failures}/{c.runs} runs died: {c.rate_text()}"
-        f" ({c.load_label})"
-        for c in agg.cells if c.scenario == cell.scenario
-    )
-    return _TEMPLATE.substitute(
-        title=_title(agg, cell),
-        version=__version__,
-        scenario=cell.scenario,
-        scenario_repr=repr(cell.scenario),
-        origin=origin,
-        requirements=" ".join(_requirements(agg, cell)) or "<the client package>",
-        jobs=int((cell.load or {}).get("jobs") or plan.get("jobs") or 4),
-        timeout=repr(float(timeout)),
-        measured=measured,
-        marker=repr(MARKER),
-        source=_literal(source),
-        helpers=helpers,
-        command=repr(command),
-    )
-
-
-def _requirements(agg: Aggregate, cell: Cell) -> list[str]:
-    """What to pip install: the cell's recorded client versions, else the strategy's spec."""
-    versions = [v for v in cell.client_versions if "==" in v]
-    if versions:
-        return sorted({part for v in versions for part in v.split("+")})
     spec = (agg.campaign.get("strategies") or {}).get(cell.strategy) or {}
-    return [str(r) for r in spec.get("requirements") or []]
+    source = None
+    if scenario_file is not None:
+        path = scenario_path(agg, cell.scenario)
+        source = path.read_text(encoding="utf-8") if path else None
+    command = shlex.split(str(plan["command"])) if plan.get("command") else None
+    timeout = plan.get("timeout") or (source and _constant(source, "TIMEOUT")) or 30.0
+    config = {
+        "title": _title(agg, cell),
+        "scenario": cell.scenario,
+        "scenario_file": scenario_file,
+        "command": command,
+        "services": scenario_services(agg, source if command is None else None),
+        "requirements": _requirements(agg, cell),
+        "mode": str(spec.get("mode") or "none"),
+        "cleanup": spec.get("cleanup"),
+        "sleep": float(spec.get("sleep") or spec.get("sleep_s") or 0.5),
+        "jobs": int((cell.load or {}).get("jobs") or plan.get("jobs") or 4),
+        "timeout": float(timeout),
+        "measured": [f"{c.strategy}: {c.failures}/{c.runs} runs died, {c.rate_text()}"
+                     f" ({c.load_label})" for c in agg.cells if c.scenario == cell.scenario],
+    }
+    text = _template()
+    start = text.index(_CONFIG_START)
+    end = text.index(_CONFIG_END)
+    block = (f"{_CONFIG_START} filled in by shutdown-harness {__version__} evidence\n"
+             f"CONFIG: dict[str, Any] = {pprint.pformat(config, width=96, sort_dicts=False)}\n")
+    return text[:start] + block + text[end:]
+
+
+def _reproduce_command(services: list[dict[str, str]], jobs: int) -> str:
+    endpoints = " ".join(f"--{s['name'].lower().replace('_', '-')} 127.0.0.1:PORT"
+                         for s in services)
+    return " ".join(p for p in ("python reproduce.py", endpoints, f"--runs 200 --jobs {jobs}")
+                    if p)
+
+
+# --------------------------------------------------------------------------------------------
+# ISSUE.md
 
 
 def _title(agg: Aggregate, cell: Cell) -> str:
@@ -332,89 +350,184 @@ def _title(agg: Aggregate, cell: Cell) -> str:
             f"{cell.failures}/{cell.runs} runs ({cell.rate_text()})")
 
 
-def _issue(data: ReportData, cell: Cell, has_reproducer: bool) -> str:
-    agg = data.agg
-    out = [f"# {_title(agg, cell)}", ""]
-    out += ["## Summary", ""]
-    lines = [s for cc, s in verdicts(agg) if cc.scenario == cell.scenario] or \
-        [s for _, s in verdicts(agg)]
-    out += [f"- {s}" for s in lines] + [""] if lines else []
-    out += cells_table(data)
-    out += ["", f"Failure = a crash (death by a signal), error exit or hang; "
-            f"{agg.infra} infra runs (service failures) are excluded. 95% Wilson intervals, "
-            "Fisher's exact test.", ""]
-    versions = []
+def _trim_line(line: str, limit: int = _MAX_FRAME_CHARS) -> str:
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _trimmed_stderr(text: str, where: str) -> str:
+    lines = [_trim_line(line, 300) for line in text.strip().splitlines()]
+    if len(lines) > _STDERR_HEAD + _STDERR_TAIL:
+        cut = len(lines) - _STDERR_HEAD - _STDERR_TAIL
+        lines = [*lines[:_STDERR_HEAD], f"... ({cut} lines cut: the whole stderr is {where})",
+                 *lines[-_STDERR_TAIL:]]
+    out = "\n".join(lines)
+    if len(out) > _MAX_STDERR_CHARS:
+        out = out[:_MAX_STDERR_CHARS].rsplit("\n", 1)[0]
+        out += f"\n... (cut: the whole stderr is {where})"
+    return out or "(empty: the process died without a message)"
+
+
+def _top_frames(backtrace: str | None, exemplar: dict[str, Any]) -> str | None:
+    thread = crashing_thread(backtrace) if backtrace else None
+    if thread:
+        lines = thread.splitlines()
+        head, frames = lines[0], [ln for ln in lines[1:] if ln.lstrip().startswith("#")]
+        shown = [_trim_line(f.strip()) for f in frames[:_MAX_FRAMES]]
+        if len(frames) > _MAX_FRAMES:
+            shown.append(f"... ({len(frames) - _MAX_FRAMES} more frames)")
+        return "\n".join([head, *shown])
+    recorded = exemplar.get("frames")
+    if recorded:
+        names = recorded if isinstance(recorded, list) else str(recorded).split(" | ")
+        return "\n".join(f"#{i} {_trim_line(str(n))}" for i, n in enumerate(names[:_MAX_FRAMES]))
+    return None
+
+
+def _read(path: Path | None) -> str | None:
+    if path is None or not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _signature_section(agg: Aggregate, cell: Cell, sig: SignatureStat) -> list[str]:
+    ex = sig.exemplar or {}
+    phase = {"finalization": "after the work completed, during interpreter finalization",
+             "work": "during the work"}.get(sig.phase, sig.phase)
+    out = [f"### `{sig.signature}`", ""]
+    try:
+        rule = rule_by_id(sig.signature.split(":", 1)[0])
+    except KeyError:
+        rule = None
+    if rule is not None:
+        out += [rule.explanation, ""]
+        if rule.upstream:
+            out += ["Reported upstream: " + ", ".join(rule.upstream), ""]
+    outcomes = ", ".join(f"{o} ×{n}" for o, n in sig.outcomes.most_common())
+    out += [f"{sig.count} of {cell.runs} runs ({sig.category}, {outcomes}), {phase}.", ""]
+    folder = artifact_dir(agg, ex)
+    rel = Path(str(ex["artifacts"])).as_posix() if folder else None
+    backtrace = _read(folder / "backtrace.txt") if folder else None
+    frames = _top_frames(backtrace, ex)
+    if frames:
+        out += ["Top frames of the crashing thread (gdb):", "", "```", frames, "```", ""]
+    stderr = _read(folder / "stderr.txt") if folder else None
+    where = f"in `{rel}/stderr.txt`" if rel else "not saved"
+    out += [f"stderr of run `{ex.get('run_id')}`:", "", "```",
+            _trimmed_stderr(stderr if stderr is not None else str(ex.get("stderr_tail") or ""),
+                            where), "```", ""]
+    if rel:
+        saved = [n for n in _ARTIFACT_FILES if folder and (folder / n).is_file()]
+        out += [f"Full output of this run: {', '.join(f'`{rel}/{n}`' for n in saved)}"
+                + (" (gdb `thread apply all bt`: every thread)" if "backtrace.txt" in saved
+                   else "") + ".", ""]
+    return out
+
+
+def _scenario_view(agg: Aggregate, scenario: str) -> ReportData:
+    """The aggregate cut down to one scenario, for the tables of ISSUE.md."""
+    cells = [c for c in agg.cells if c.scenario == scenario]
+    comparisons = [cc for cc in agg.comparisons if cc.scenario == scenario]
+    return ReportData(dataclasses.replace(agg, cells=cells, comparisons=comparisons))
+
+
+def _issue(agg: Aggregate, choice: Choice, reproduce: str | None,
+           scenario_files: list[str]) -> str:
+    cell = choice.cell
+    view = _scenario_view(agg, cell.scenario)
+    out = [f"# {_title(agg, cell)}", "",
+           f"This report is about scenario `{cell.scenario}` with `{cell.strategy}`"
+           f" ({cell.load_label}): {choice.reason}.", ""]
+    sentences = [s for _, s in verdicts(view.agg)]
+    if sentences:
+        out += ["## Summary", ""]
+        out += [f"- {s}" for s in sentences[:_MAX_VERDICTS]]
+        if len(sentences) > _MAX_VERDICTS:
+            out.append(f"- ... {len(sentences) - _MAX_VERDICTS} more comparisons in `report.md`")
+        out.append("")
+    table = cells_table(view)
+    if len(table) - 2 > _MAX_TABLE_ROWS:
+        rest = len(table) - 2 - _MAX_TABLE_ROWS
+        table = table[: 2 + _MAX_TABLE_ROWS] + [f"| ... {rest} more rows in `report.md` |"]
+    out += table
+    out += ["", "Failure = a crash (death by a signal), error exit or hang; "
+            f"{view.agg.infra} infra runs (service failures) are excluded. 95% Wilson intervals,"
+            " Fisher's exact test (two-sided).", ""]
     specs = agg.campaign.get("strategies") or {}
-    for c in agg.cells:
+    rows = []
+    for c in view.agg.cells:
         reqs = ", ".join(_requirements(agg, c))
-        pythons = ", ".join(sorted(c.pythons))
         mode = (specs.get(c.strategy) or {}).get("mode") or ""
-        versions.append(f"| `{escape(c.strategy)}` | {escape(reqs)} | {escape(pythons)} | "
-                        f"{escape(mode)} |")
+        rows.append(f"| `{escape(c.strategy)}` | {escape(reqs)} |"
+                    f" {escape(', '.join(sorted(c.pythons)))} | {escape(mode)} |")
+    rows = list(dict.fromkeys(rows))
     out += ["| Strategy | Packages | Python | Cleanup mode |", "|---|---|---|---|",
-            *dict.fromkeys(versions), ""]
+            *rows[:_MAX_TABLE_ROWS], ""]
+    out += [f"## Signatures of `{cell.strategy}`", ""]
     for sig in cell.top_signatures(_MAX_SIGNATURES):
-        ex = sig.exemplar or {}
-        phase = {"finalization": "after the work completed, during interpreter finalization",
-                 "work": "during the work"}.get(sig.phase, sig.phase)
-        out += [f"## Signature `{sig.signature}`", "",
-                f"{sig.count} of {cell.runs} runs of `{cell.strategy}` ({sig.category}, "
-                f"{', '.join(f'{o} ×{n}' for o, n in sig.outcomes.most_common())}), {phase}.",
-                ""]
-        if ex.get("frames"):
-            frames = ex["frames"]
-            joined = " | ".join(frames) if isinstance(frames, list) else str(frames)
-            out += [f"Top native frames: `{joined}`", ""]
-        stderr = read_artifact(agg, ex, "stderr.txt", max_lines=40) or ex.get("stderr_tail") or ""
-        out += [f"Exemplar `{ex.get('run_id')}`, stderr:", "", "```",
-                stderr.strip() or "(empty: the process died without a message)", "```", ""]
-        backtrace = read_artifact(agg, ex, "backtrace.txt", max_lines=100_000)
-        if backtrace:
-            thread = crashing_thread(backtrace)
-            if thread:
-                out += ["Native backtrace of the thread that received the signal (gdb):", "",
-                        "```", thread, "```", ""]
-            out += ["<details><summary>All threads (gdb <code>thread apply all bt</code>)"
-                    "</summary>", "", "```", backtrace.strip(), "```", "", "</details>", ""]
-        elif ex.get("backtrace"):
-            out += [f"Native backtrace: {ex['backtrace']}", ""]
+        out += _signature_section(agg, cell, sig)
+    more = len(cell.signatures) - _MAX_SIGNATURES
+    if more > 0:
+        out += [f"{more} more signatures in `report.md`.", ""]
     out += ["## Reproduce", ""]
-    if has_reproducer:
+    if reproduce is not None:
         reqs = " ".join(_requirements(agg, cell)) or "<the client package>"
-        jobs = int((cell.load or {}).get("jobs") or 4)
-        out += ["`reproduce.py` (in this bundle) needs only the client and an etcd:", "",
-                "```sh", f"python -m pip install {reqs}",
-                f"python reproduce.py --endpoint 127.0.0.1:2379 --runs 200 --jobs {jobs}",
-                "```", "",
-                "It runs the scenario below in fresh child processes and prints how many died. "
-                "The rate depends on load: run as many children at once as there are CPUs, or "
-                "more.", ""]
-        path = scenario_path(agg, cell.scenario)
-        if path is not None:
-            out += [f"<details><summary>Scenario <code>{escape(cell.scenario)}</code>"
-                    "</summary>", "", "```python", path.read_text(encoding="utf-8").strip(),
-                    "```", "", "</details>", ""]
-    command = command_line(agg)
-    if command:
-        out += ["The whole campaign, with shutdown-harness (also in `COMMAND.txt`):", "",
-                "```sh", command, "```", ""]
+        out += ["`reproduce.py` needs only the packages and the endpoints below; run it from the"
+                " bundle's folder, which carries the scenario:", "",
+                "```sh", f"python -m pip install {reqs}", reproduce, "```", "",
+                "It runs the scenario in fresh child processes, each in a fresh folder, and"
+                " prints how many died, during the work or after it (at shutdown). The rate"
+                " depends on load: run as many children at once as there are CPUs, or more.",
+                ""]
+    else:
+        out += ["No standalone reproducer: see `REPRODUCE-MISSING.txt`.", ""]
+    if scenario_files:
+        main_file = scenario_files[0]
+        text = _read(Path(main_file)) or ""
+        out += [f"<details><summary>Scenario <code>{escape(cell.scenario)}</code>"
+                f" ({Path(main_file).name})</summary>", "", "```python",
+                text.strip() if len(text) <= _MAX_SCENARIO_CHARS
+                else text[:_MAX_SCENARIO_CHARS].rsplit("\n", 1)[0] + "\n# ... (cut: see the file)",
+                "```", "", "</details>", ""]
+    out += ["The whole campaign, with shutdown-harness: see `COMMAND.txt`.", ""]
     out += ["## Environment", "", "| | |", "|---|---|"]
-    out += [f"| {escape(k)} | {escape(v)} |" for k, v in env_rows(agg)]
+    out += [f"| {escape(k)} | {escape(_trim_line(v, 300))} |" for k, v in env_rows(agg)]
     services = agg.campaign.get("services") or {}
-    if services:
-        out += [f"| services | {escape(json.dumps(services, sort_keys=True))} |"]
-    out += ["", "## Files", "",
-            "- `results.jsonl`: one record per run (run_id, returncode, signal, category, "
-            "signature, phase, stderr tail, ...); `campaign.json`: the plan and environment",
-            "- `report.html` (chart), `report.md`, `report.json`",
-            "- `artifacts/`: full stdout, stderr and gdb backtrace of the exemplar runs", ""]
+    for name, info in services.items() if isinstance(services, dict) else ():
+        version = info.get("version") if isinstance(info, dict) else None
+        out.append(f"| service {escape(str(name))} | {escape(str(version or 'used'))} |")
+    out += ["", "## Files in this bundle", "",
+            "- `reproduce.py`: the standalone reproducer; `scenario/`: the scenario"
+            + (" and the modules it imports" if len(scenario_files) > 1 else ""),
+            "- `COMMAND.txt`: the commands that rerun it",
+            "- `artifacts/`: every exemplar run's full stdout, stderr and gdb backtrace of all"
+            " threads",
+            "- `report.md`, `report.html` (chart), `report.json`: the whole campaign",
+            "- `results.jsonl`: one record per run; `campaign.json`: the plan and environment",
+            ""]
     if agg.notes:
-        out += ["Notes:", ""] + [f"- {escape(n)}" for n in agg.notes] + [""]
-    return "\n".join(out)
+        out += ["Notes:", ""] + [f"- {escape(_trim_line(n, 400))}" for n in agg.notes[:10]] + [""]
+    return _cap("\n".join(out))
 
 
-def _copy_exemplars(agg: Aggregate, out: Path) -> None:
+def _cap(text: str, limit: int = ISSUE_LIMIT) -> str:
+    """Cut at a line boundary so that the whole stays within `limit` characters."""
+    if len(text) <= limit:
+        return text
+    note = "\n\n... (ISSUE.md cut at its size limit: the rest is in `report.md` and `artifacts/`)\n"
+    head = text[: limit - len(note)].rsplit("\n", 1)[0]
+    if head.count("```") % 2:  # close an open code block
+        head = head[: limit - len(note) - 4] + "\n```"
+    return head + note
+
+
+# --------------------------------------------------------------------------------------------
+# The bundle
+
+
+def _copy_exemplars(agg: Aggregate, out: Path, scenario: str) -> None:
     for cell in agg.cells:
+        if cell.scenario != scenario:
+            continue
         for sig in cell.top_signatures():
             source = artifact_dir(agg, sig.exemplar)
             if source is None or agg.directory is None:
@@ -426,14 +539,63 @@ def _copy_exemplars(agg: Aggregate, out: Path) -> None:
                     shutil.copyfile(source / name, target / name)
 
 
-def build_bundle(directory: Path, out: Path, gates: dict[str, Any] | None = None) -> Path:
-    """Write the evidence bundle folder `out` and `out`.tar.gz; returns the folder.
+def _copy_scenario(agg: Aggregate, cell: Cell, out: Path) -> list[Path]:
+    """The scenario file and its helpers into out/scenario/; the copied paths, scenario first."""
+    if (agg.campaign.get("plan") or {}).get("command"):
+        return []
+    path = scenario_path(agg, cell.scenario)
+    if path is None:
+        raise UsageError(f"cannot find the source of scenario {cell.scenario!r} "
+                         "(not in campaign.json nor in the scenarios folder)")
+    folder = out / _SCENARIO_DIR
+    folder.mkdir()
+    copied = []
+    for source in [path, *_helpers(path)]:
+        shutil.copyfile(source, folder / source.name)
+        copied.append(folder / source.name)
+    return copied
+
+
+def _portable(arg: str) -> str:
+    """A strategy or argument without this machine's absolute paths (a local wheel -> its name)."""
+    return re.sub(r"(?:/[^\s/+@,]+)+/([^\s/+@,]+\.(?:whl|tar\.gz|zip))", r"\1", arg)
+
+
+def _command_txt(agg: Aggregate, cell: Cell, scenario_rel: str | None,
+                 reproduce: str | None) -> str:
+    plan = agg.campaign.get("plan") or {}
+    lines = []
+    if reproduce:
+        lines += ["# the standalone reproducer (run in this folder)", reproduce, ""]
+    strategies = [c.strategy for c in agg.cells if c.scenario == cell.scenario]
+    if plan.get("command"):
+        args = ["shutdown-harness", "run", "--command", str(plan["command"])]
+    else:
+        args = ["shutdown-harness", "run", "--scenario", str(scenario_rel)]
+    for s in dict.fromkeys(strategies):
+        args += ["--strategy", _portable(s)]
+    for key, opt in (("runs", "--runs"), ("jobs", "--jobs"), ("timeout", "--timeout"),
+                     ("seed", "--seed"), ("until_halfwidth", "--until-halfwidth")):
+        if plan.get(key) is not None:
+            args += [opt, f"{plan[key]:g}" if isinstance(plan[key], float) else str(plan[key])]
+    args += ["--out", "campaign-rerun"]
+    lines += ["# the campaign of this scenario, with shutdown-harness (run in this folder)",
+              shlex.join(args)]
+    if any(_portable(s) != s for s in strategies):
+        lines.append("# (local wheels are named by their file name: put them in this folder)")
+    return "\n".join(lines) + "\n"
+
+
+def build_bundle(directory: Path, out: Path, gates: dict[str, Any] | None = None, *,
+                 scenario: str | None = None, strategy: str | None = None) -> Bundle:
+    """Write the evidence bundle folder `out` and `out`.tar.gz.
 
     `out` must not exist, be empty, or be an earlier bundle (it is then replaced).
     """
     directory, out = Path(directory), Path(out)
     agg = load_campaign(directory)
-    cell = focus_cell(agg)
+    choice = choose_cell(agg, scenario, strategy)
+    cell = choice.cell
     if out.exists():
         if not out.is_dir() or (any(out.iterdir()) and not (out / _BUNDLE_MARK).exists()):
             raise UsageError(f"{out} exists and is not an evidence bundle: choose another --out")
@@ -441,29 +603,34 @@ def build_bundle(directory: Path, out: Path, gates: dict[str, Any] | None = None
             raise UsageError("--out must differ from the campaign folder")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    data = prepare(agg, gates if gates is not None else {})
-    has_reproducer = True
+    reproduce: str | None = None
+    scenario_rel: str | None = None
+    copied: list[Path] = []
     try:
-        (out / "reproduce.py").write_text(reproducer_source(agg, cell), encoding="utf-8")
+        copied = _copy_scenario(agg, cell, out)
+        scenario_rel = copied[0].relative_to(out).as_posix() if copied else None
+        source = copied[0].read_text(encoding="utf-8") if copied else None
+        plan = agg.campaign.get("plan") or {}
+        services = scenario_services(agg, source if not plan.get("command") else None)
+        (out / "reproduce.py").write_text(reproducer_source(agg, cell, scenario_rel),
+                                          encoding="utf-8")
         (out / "reproduce.py").chmod(0o755)
+        jobs = int((cell.load or {}).get("jobs") or plan.get("jobs") or 4)
+        reproduce = _reproduce_command(services, jobs)
     except UsageError as e:
-        has_reproducer = False
         (out / "REPRODUCE-MISSING.txt").write_text(f"{e}\n", encoding="utf-8")
-    (out / "ISSUE.md").write_text(_issue(data, cell, has_reproducer), encoding="utf-8")
-    argv = [str(a) for a in agg.campaign.get("argv") or []]
-    if argv[:1] != ["shutdown-harness"]:  # campaign.json stores the program name first
-        argv = ["shutdown-harness", *argv]
-    (out / "COMMAND.txt").write_text(
-        "# rerun the whole campaign with shutdown-harness\n" + command_line(agg) + "\n"
-        + "# as originally run\n" + shlex.join(argv) + "\n",
-        encoding="utf-8")
+    (out / "ISSUE.md").write_text(_issue(agg, choice, reproduce, [str(p) for p in copied]),
+                                  encoding="utf-8")
+    (out / "COMMAND.txt").write_text(_command_txt(agg, cell, scenario_rel, reproduce),
+                                     encoding="utf-8")
     for name in ("results.jsonl", "campaign.json"):
         if (directory / name).is_file():
             shutil.copyfile(directory / name, out / name)
+    data = prepare(agg, gates if gates is not None else {})
     for fmt, name in (("markdown", "report.md"), ("html", "report.html"), ("json", "report.json")):
         (out / name).write_text(render(data, fmt), encoding="utf-8")
-    _copy_exemplars(agg, out)
+    _copy_exemplars(agg, out, cell.scenario)
     tarball = out.with_name(out.name + ".tar.gz")
     with tarfile.open(tarball, "w:gz") as tar:
         tar.add(out, arcname=out.name)
-    return out
+    return Bundle(out, tarball, choice)
