@@ -7,7 +7,9 @@ Python the strategy names.
 What it does, in order:
 1. enables faulthandler for all threads (fatal signals print every thread's Python stack) and
    registers SIGUSR1 so that the harness can ask for the stacks of a hung child;
-2. puts the scenario's folder first on ``sys.path`` (scenarios share helpers, ``import _clients``);
+2. puts the scenario's folder first on ``sys.path`` (scenarios share helpers, ``import _clients``)
+   and the built-in scenarios' folder last, so that a scenario copied elsewhere still finds
+   ``_clients`` (a ``_clients.py`` beside the copy, or an installed one, comes first);
 3. with ``--mode atexit``, registers the cleanup function before the work;
 4. runs the scenario's ``main`` (under ``asyncio.run`` when it is a coroutine function);
 5. prints the work-done marker on stdout;
@@ -39,12 +41,28 @@ __all__ = ["MARKER", "MODES", "parse", "load", "enable_faulthandler", "cleanup_f
 # Kept equal to harness.MARKER (a test checks it); not imported, see the module docstring.
 MARKER = "@@shutdown-harness: work done@@"
 MODES = ("none", "explicit", "atexit", "hard-exit", "sleep")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+#: The built-in scenarios' folder: inside the installed package (shutdown_harness/scenarios), or
+#: beside harness/ in a source checkout (pyproject.toml maps the folders).
+_BUILTIN_CANDIDATES = (os.path.join(_HERE, "scenarios"),
+                       os.path.join(os.path.dirname(_HERE), "scenarios"))
+
+
+def _builtin_scenarios() -> str | None:
+    for folder in _BUILTIN_CANDIDATES:
+        if os.path.isfile(os.path.join(folder, "_clients.py")):
+            return folder
+    return None
 
 
 def load(path: str) -> Any:
-    """Import the scenario file as ``__scenario__``, its folder first on ``sys.path``."""
+    """Import the scenario file as ``__scenario__``, its folder first on ``sys.path``, the
+    built-in scenarios' folder last (for ``import _clients`` in a copied scenario)."""
     folder = os.path.dirname(os.path.abspath(path))
     sys.path[0:1] = [folder]  # replaces this wrapper's own folder
+    builtin = _builtin_scenarios()
+    if builtin is not None and builtin not in sys.path:
+        sys.path.append(builtin)
     spec = importlib.util.spec_from_file_location("__scenario__", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"shutdown-harness child: cannot load scenario {path}")

@@ -63,7 +63,6 @@ __all__ = [
     "parse_how",
     "validate_how",
     "start",
-    "start_services",
     "embedded_binary",
     "binary_version",
     "official_image",
@@ -758,16 +757,6 @@ class ServiceSet:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def start_services(
-    wanted: Mapping[str, str],
-    *,
-    log: Callable[[str], None] | None = None,
-    timeout: float = 60.0,
-) -> ServiceSet:
-    """Start every service in `wanted` ({kind: how}); all or nothing."""
-    return ServiceSet(wanted, log=log, timeout=timeout).start()
 
 
 # --------------------------------------------------------------------------- cleanup

@@ -43,7 +43,6 @@ __all__ = [
     "version",
     "require_etcd",
     "require_glide",
-    "has_cleanup_runtime",
     "etcd_client",
     "connect",
     "to_bytes",
@@ -126,13 +125,6 @@ def require_glide() -> str | None:
     if version(GLIDE_DISTRIBUTION) is None:
         return f"{GLIDE_DISTRIBUTION} is not installed (add it to the strategy's requirements)"
     return None
-
-
-def has_cleanup_runtime() -> bool:
-    """Whether etcd_client offers ``cleanup_runtime()`` (0.5.0 and later)."""
-    import etcd_client
-
-    return callable(getattr(etcd_client, "cleanup_runtime", None))
 
 
 # -- etcd-client-py ------------------------------------------------------------------------
