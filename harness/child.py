@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import faulthandler
 import importlib
 import importlib.util
@@ -33,6 +34,7 @@ import random
 import signal
 import sys
 import time
+from types import ModuleType
 from typing import Any
 
 __all__ = ["MARKER", "MODES", "parse", "load", "enable_faulthandler", "cleanup_function",
@@ -55,7 +57,7 @@ def _builtin_scenarios() -> str | None:
     return None
 
 
-def load(path: str) -> Any:
+def load(path: str) -> ModuleType:
     """Import the scenario file as ``__scenario__``, its folder first on ``sys.path``, the
     built-in scenarios' folder last (for ``import _clients`` in a copied scenario)."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -79,7 +81,7 @@ def _cleanup_function(target: str | None) -> object:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def _probe(module: Any) -> int:
+def _probe(module: ModuleType) -> int:
     applicable = getattr(module, "applicable", None)
     reason = applicable() if callable(applicable) else None
     print(json.dumps({"applicable": reason is None, "reason": reason}))
@@ -113,15 +115,13 @@ def cleanup_function(args: argparse.Namespace) -> Any:
     return None
 
 
-def run(args: argparse.Namespace, module: Any, cleanup: Any) -> int:
+def run(args: argparse.Namespace, module: ModuleType, cleanup: Any) -> int:
     """One run: the scenario's work, the marker, the cleanup mode; then the caller returns.
 
     Shared by the cold wrapper (``main``) and the warm children of the fork server
     (fork_server.py), so that both do exactly the same after their imports.
     """
     if args.mode == "atexit":
-        import atexit
-
         atexit.register(cleanup)
 
     body = module.main

@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 a gate or threshold failed; 2 bad input or an unusable 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import signal
 import sys
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from shutdown_harness import __version__
+from shutdown_harness import config as config_module
 from shutdown_harness.errors import EXIT_OK, EXIT_USAGE, UsageError
-from shutdown_harness.stressors import parse_jobs
+from shutdown_harness.stressors import parse_exit_delay, parse_jobs
 
 __all__ = ["main", "build_parser"]
 
@@ -103,8 +105,6 @@ def _service_how(kind: str) -> Callable[[str], str]:
 
 
 def _exit_delay(text: str) -> float:
-    from shutdown_harness.stressors import parse_exit_delay
-
     value = parse_exit_delay(text)
     if value <= 0:
         raise UsageError(f"--exit-delay must be more than 0, not {text}")
@@ -330,8 +330,6 @@ def _cmd_list(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def _cmd_classify(args: argparse.Namespace, config: dict[str, Any]) -> int:
-    import json
-
     from shutdown_harness.classify import classify_file
 
     print(json.dumps(classify_file(args.file), indent=2))
@@ -387,8 +385,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        from shutdown_harness import config as config_module
-
         config = config_module.load(args.config)
         if args.command_name == "run":
             return _cmd_run(args, config, argv)

@@ -29,8 +29,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:  # optional at run time: imported where a container is used
+    from docker import DockerClient
+    from testcontainers.core.container import DockerContainer
 
 __all__ = [
     "ContainerError",
@@ -78,7 +82,7 @@ class Engine:
     def describe(self) -> str:
         return f"{self.name} {self.version} at {self.url}"
 
-    def client(self, timeout: float = 120.0) -> Any:
+    def client(self, timeout: float = 120.0) -> DockerClient:
         """A docker-py client (close it after use)."""
         return docker_client(self.url, self.api_version, timeout)
 
@@ -95,7 +99,7 @@ def _candidate_urls() -> list[str]:
     return [f"unix://{p}" for p in paths if Path(p).is_socket()]
 
 
-def docker_client(url: str, api_version: str = "auto", timeout: float = 120.0) -> Any:
+def docker_client(url: str, api_version: str = "auto", timeout: float = 120.0) -> DockerClient:
     """A docker-py client for the engine at `url`.
 
     Give `api_version` (Engine.api_version): "auto" costs a `/version` call, which Podman
@@ -162,7 +166,7 @@ def registry_reachable(image: str, timeout: float = 3.0) -> tuple[bool, str]:
     return _registry_cache[host]
 
 
-def _image_present(client: Any, name: str) -> bool:
+def _image_present(client: DockerClient, name: str) -> bool:
     import docker.errors
 
     try:
@@ -236,7 +240,7 @@ def _digest(paths: Sequence[Path]) -> str:
 
 
 def build_local_image(
-    client: Any, kind: str, binary: Path, dest: str, dirs: Sequence[str] = ("tmp",)
+    client: DockerClient, kind: str, binary: Path, dest: str, dirs: Sequence[str] = ("tmp",)
 ) -> str:
     """Import a minimal image holding `binary` at `dest` (and world-writable `dirs`);
     returns its name. An image already built from the same binary is reused."""
@@ -272,7 +276,7 @@ def _imported_id(output: Any) -> str:
 
 
 def ensure_image(
-    client: Any,
+    client: DockerClient,
     kind: str,
     official: str,
     binary: Path | None,
@@ -302,7 +306,7 @@ def ensure_image(
 class RunningContainer:
     """A started container whose `port` is published on 127.0.0.1:`host_port`."""
 
-    handle: Any  # testcontainers DockerContainer
+    handle: DockerContainer
     image: str
     host_port: int
 
@@ -351,7 +355,7 @@ def _configure_testcontainers() -> None:
         config.connection_mode_override = ConnectionMode.docker_host
 
 
-def reap_stale_containers(client: Any) -> list[str]:
+def reap_stale_containers(client: DockerClient) -> list[str]:
     """Remove this host's shutdown-harness containers whose owner process is gone."""
     removed: list[str] = []
     me = socket.gethostname()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from shutdown_harness.errors import UsageError
+from shutdown_harness.reports import write_all
 from shutdown_harness.store import CAMPAIGN, RESULTS, Distinct, iter_records, read_campaign
 
 __all__ = ["merge", "check_compatible", "plan_key"]
@@ -138,6 +139,4 @@ def merge(dirs: list[Path], out: Path) -> None:
                        "records": total}
     (out / CAMPAIGN).write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n",
                                 encoding="utf-8")
-    from shutdown_harness.reports import write_all
-
     write_all(out, out)

@@ -17,7 +17,7 @@ from shutdown_harness.schema import FAILURE_CATEGORIES, counts_for_rate
 if TYPE_CHECKING:
     from rich.console import Group
     from rich.live import Live
-    from rich.progress import Progress
+    from rich.progress import Progress, TaskID
 
 __all__ = ["Tally", "ProgressView"]
 
@@ -82,7 +82,7 @@ class ProgressView:
         self._already = already
         self._live: Live | None = None
         self._progress: Progress | None = None
-        self._task: Any = None
+        self._task: TaskID | None = None
         self._last_render = 0.0
 
     def __enter__(self) -> ProgressView:
@@ -160,7 +160,7 @@ class ProgressView:
         if not force and now - self._last_render < 0.2:
             return
         self._last_render = now
-        assert self._progress is not None and self._live is not None
+        assert self._progress is not None and self._live is not None and self._task is not None
         self._progress.update(
             self._task,
             completed=self._done,

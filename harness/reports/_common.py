@@ -4,6 +4,7 @@ the environment as rows, exemplar artifacts read from the campaign folder."""
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,6 @@ def env_rows(agg: Aggregate) -> list[tuple[str, str]]:
 
 def command_line(agg: Aggregate) -> str:
     """The command that reruns the whole campaign (unsharded, fresh folder)."""
-    import shlex
-
     plan = agg.campaign.get("plan") or {}
     if not plan:
         argv = agg.campaign.get("argv") or []
