@@ -561,6 +561,21 @@ def _portable(arg: str) -> str:
     return re.sub(r"(?:/[^\s/+@,]+)+/([^\s/+@,]+\.(?:whl|tar\.gz|zip))", r"\1", arg)
 
 
+def _strategy_spec(agg: Aggregate, name: str) -> str:
+    """A strategy as an inline spec that runs anywhere: its packages (a local file by its
+    name) and its mode, since the recipient has neither this machine's paths nor its config."""
+    spec = (agg.campaign.get("strategies") or {}).get(name) or {}
+    requirements = spec.get("requirements") or []
+    if not requirements:
+        return _portable(name)
+    text = "+".join(_portable(str(r)) for r in requirements)
+    mode = str(spec.get("mode") or "none")
+    if mode != "none":
+        suffix = name.rpartition("@")[2]
+        text += "@" + (suffix if suffix.startswith(mode) else mode)
+    return text
+
+
 def _command_txt(agg: Aggregate, cell: Cell, scenario_rel: str | None,
                  reproduce: str | None) -> str:
     plan = agg.campaign.get("plan") or {}
@@ -572,8 +587,9 @@ def _command_txt(agg: Aggregate, cell: Cell, scenario_rel: str | None,
         args = ["shutdown-harness", "run", "--command", str(plan["command"])]
     else:
         args = ["shutdown-harness", "run", "--scenario", str(scenario_rel)]
-    for s in dict.fromkeys(strategies):
-        args += ["--strategy", _portable(s)]
+    specs = [_strategy_spec(agg, s) for s in dict.fromkeys(strategies)]
+    for spec in specs:
+        args += ["--strategy", spec]
     for key, opt in (("runs", "--runs"), ("jobs", "--jobs"), ("timeout", "--timeout"),
                      ("seed", "--seed"), ("until_halfwidth", "--until-halfwidth")):
         if plan.get(key) is not None:
@@ -581,7 +597,7 @@ def _command_txt(agg: Aggregate, cell: Cell, scenario_rel: str | None,
     args += ["--out", "campaign-rerun"]
     lines += ["# the campaign of this scenario, with shutdown-harness (run in this folder)",
               shlex.join(args)]
-    if any(_portable(s) != s for s in strategies):
+    if any(re.search(r"\.(?:whl|tar\.gz|zip)(?:$|[+@])", spec) for spec in specs):
         lines.append("# (local wheels are named by their file name: put them in this folder)")
     return "\n".join(lines) + "\n"
 

@@ -20,10 +20,16 @@ import json
 import re
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
 from shutdown_harness.errors import UsageError
 from shutdown_harness.virtualenv import installed_versions
 
@@ -162,8 +168,29 @@ def _finish(
     )
 
 
+def _label(spec: str, requirements: tuple[str, ...]) -> str:
+    """The spec as written, but a local wheel or sdist by its name-version (the mode kept):
+    ``/build/dist/etcd_client_py-0.4.1-cp311-abi3-linux_x86_64.whl@explicit`` ->
+    ``etcd-client-py-0.4.1@explicit``, so two modes of one wheel read apart in every table."""
+    label = spec.strip()
+    for requirement in requirements:
+        filename = Path(requirement).name
+        try:
+            if filename.endswith(".whl"):
+                name, version, *_ = parse_wheel_filename(filename)
+            elif filename.endswith((".tar.gz", ".zip")):
+                name, version = parse_sdist_filename(filename)
+            else:
+                continue
+        except (InvalidWheelFilename, InvalidSdistFilename):
+            continue
+        label = label.replace(requirement, f"{name}-{version}", 1)
+    return label
+
+
 def parse_inline(spec: str, config: Mapping[str, Any] | None = None) -> Strategy:
-    """``etcd-client-py==0.5.1+valkey-glide==2.6.0@explicit`` -> Strategy (named as written)."""
+    """``etcd-client-py==0.5.1+valkey-glide==2.6.0@explicit`` -> Strategy (named as written;
+    a local wheel or sdist named by its name-version, see ``_label``)."""
     text = spec.strip()
     where = f"strategy {spec}"
     mode, sleep_s = "none", DEFAULT_SLEEP_S
@@ -176,7 +203,8 @@ def parse_inline(spec: str, config: Mapping[str, Any] | None = None) -> Strategy
         raise UsageError(f"{where}: empty requirement (join packages with +)")
     for requirement in requirements:
         _check_requirement(requirement, where)
-    return _finish(spec, requirements, mode, sleep_s, None, None, "", config or {})
+    return _finish(_label(spec, requirements), requirements, mode, sleep_s, None, None, "",
+                   config or {})
 
 
 def from_config(name: str, table: Mapping[str, Any], config: Mapping[str, Any]) -> Strategy:
@@ -249,6 +277,9 @@ def resolve(names_or_specs: list[str], config: Mapping[str, Any]) -> list[Strate
                     " or give packages, e.g. etcd-client-py==0.5.1@explicit"
                 )
             strategy = parse_inline(spec, config)
+        same = found.get(strategy.name)
+        if same is not None and same.requirements != strategy.requirements:
+            strategy = replace(strategy, name=spec)  # two local builds of one version
         found.setdefault(strategy.name, strategy)
     return list(found.values())
 

@@ -291,3 +291,18 @@ def test_scenario_path_falls_back_to_the_builtin_folder(tmp_path: Path) -> None:
     path = scenario_path(load_campaign(tmp_path), "concurrent-ops")
     assert path == discovery.BUILTIN_DIR / "concurrent_ops.py"  # installed or source tree
     assert path.exists()
+
+
+def test_command_txt_names_a_local_wheel_by_its_file_name(tmp_path: Path) -> None:
+    campaign = _campaign(tmp_path / "c", SCENARIOS / "abort_at_exit.py", "abort_at_exit", specs=[
+        synth.CellSpec("abort_at_exit", "etcd-client-py-0.4.1@explicit", 10,
+                       {"pthread-exit-unwind-abort": 3})])
+    data = json.loads((campaign / "campaign.json").read_text())
+    wheel = f"{tmp_path}/dist/etcd_client_py-0.4.1-cp311-abi3-linux_x86_64.whl"
+    data["strategies"] = {"etcd-client-py-0.4.1@explicit": {
+        "requirements": [wheel], "mode": "explicit", "python": "/usr/bin/python3"}}
+    (campaign / "campaign.json").write_text(json.dumps(data))
+    command = (build_bundle(campaign, tmp_path / "b").path / "COMMAND.txt").read_text()
+    assert ("--strategy etcd_client_py-0.4.1-cp311-abi3-linux_x86_64.whl@explicit"
+            in command)
+    assert str(tmp_path) not in command and "put them in this folder" in command

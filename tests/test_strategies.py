@@ -70,12 +70,32 @@ def test_local_wheel_path_is_a_requirement(tmp_path: Path) -> None:
     wheel.write_bytes(b"")
     s = strategies.parse_inline(f"{wheel}@atexit", CONFIG)
     assert s.requirements == (str(wheel),) and s.mode == "atexit"
+    assert s.name == "etcd-client-py-0.5.2@atexit"  # a short label, not the path
     assert s.distributions == ("etcd-client-py",)  # from the wheel's file name
     assert s.cleanup == "etcd_client:cleanup_runtime"
     source = tmp_path / "checkout"
     source.mkdir()
     with pytest.raises(UsageError, match="needs a cleanup function"):  # a folder says nothing
         strategies.parse_inline(f"{source}@atexit", CONFIG)
+
+
+def test_two_modes_of_one_local_wheel_read_apart(tmp_path: Path) -> None:
+    wheel = tmp_path / "dist" / "etcd_client_py-0.5.2-cp311-abi3-linux_x86_64.whl"
+    sdist = tmp_path / "valkey_glide-2.6.0.tar.gz"
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"")
+    sdist.write_bytes(b"")
+    found = strategies.resolve([f"{wheel}", f"{wheel}+{sdist}@sleep:0.2",
+                                f"{wheel}@explicit"], CONFIG)
+    assert [s.name for s in found] == [
+        "etcd-client-py-0.5.2", "etcd-client-py-0.5.2+valkey-glide-2.6.0@sleep:0.2",
+        "etcd-client-py-0.5.2@explicit"]
+    assert found[1].requirements == (str(wheel), str(sdist))
+    rebuilt = tmp_path / "other" / wheel.name  # another build of the same version
+    rebuilt.parent.mkdir()
+    rebuilt.write_bytes(b"")
+    assert [s.name for s in strategies.resolve([str(wheel), str(rebuilt)], CONFIG)] == [
+        "etcd-client-py-0.5.2", str(rebuilt)]
 
 
 # -- named strategies and resolve ----------------------------------------------------------
