@@ -23,6 +23,8 @@ from pathlib import Path
 __all__ = [
     "MAX_FRAMES",
     "MAX_FRAMES_EXTENDED",
+    "MAX_SIGNATURE",
+    "cap_signature",
     "Thread",
     "crashing_thread_frames",
     "frame_signature",
@@ -37,6 +39,9 @@ __all__ = [
 MAX_FRAMES = 3
 #: With prefix frames (CPython internals, allocators) the signature grows up to this many.
 MAX_FRAMES_EXTENDED = 6
+#: The longest signature kept anywhere (records, tables, ISSUE.md titles): long enough for
+#: three Rust paths, short enough for a table cell.
+MAX_SIGNATURE = 120
 
 _DATA = Path(__file__).parent / "data"
 
@@ -51,6 +56,8 @@ _LWP = re.compile(r"\bLWP (\d+)")
 _ADDRESS_IN = re.compile(r"^0x[0-9a-fA-F]+ in ")
 _LOCATION = re.compile(r"\)\s+(?:at|from)\s+\S.*$")
 _RUST_HASH = re.compile(r"::h[0-9a-f]{16}(?=$|[^0-9A-Za-z_])")
+#: Rust v0 mangling's crate disambiguator, as gdb demangles it: ``alloc[c23e483dde3f7cfb]::``.
+_CRATE_DISAMBIGUATOR = re.compile(r"(?<=\w)\[[0-9a-f]{1,16}\](?=::)")
 _HEX = re.compile(r"\s*\b0x[0-9a-fA-F]+\b")
 _COMPILER_SUFFIX = re.compile(r"\.(?:isra|constprop|part|cold|lto_priv|llvm)(?:\.\d+)*")
 _SIGNAL_FRAME = "<signal handler called>"
@@ -156,8 +163,11 @@ def normalize_frame(line: str) -> str:
     """A gdb frame line, or a bare function name, as a stable function name.
 
     Strips the frame number, the address, the argument list, the source location or library,
-    Rust ``::h<16 hex>`` hashes, compiler clone suffixes (``.isra.0``, ``.cold``) and any
-    other hex address. An unknown function (``??``) is named by its library's file name.
+    Rust ``::h<16 hex>`` hashes and crate disambiguators (``alloc[c23e483dde3f7cfb]::``),
+    compiler clone suffixes (``.isra.0``, ``.cold``) and any other hex address. An unknown
+    function (``??``) is named by its module's file name (``?? () from /x/libfoo.so.1`` ->
+    ``libfoo.so.1``): a stripped extension module's frames then read as one module, and
+    consecutive ones collapse into one (`significant_frames`).
     """
     text = _FRAME_START.sub("", line.strip())
     text = _ADDRESS_IN.sub("", text)
@@ -166,8 +176,9 @@ def normalize_frame(line: str) -> str:
     library = re.search(r"\)\s+from\s+(\S+)\s*$", text)
     name = _strip_arguments(text)
     if name in ("??", ""):
-        return f"?? in {os.path.basename(library.group(1))}" if library else "??"
+        return os.path.basename(library.group(1)) if library else "??"
     name = _RUST_HASH.sub("", name)
+    name = _CRATE_DISAMBIGUATOR.sub("", name)
     name = _COMPILER_SUFFIX.sub("", name)
     name = _HEX.sub("", name)
     return " ".join(name.split())
@@ -235,3 +246,15 @@ def frame_signature(significant: list[str]) -> str | None:
         if len(chosen) >= MAX_FRAMES and not prefix.fullmatch(name):
             break
     return " | ".join(chosen)
+
+
+def cap_signature(signature: str, limit: int = MAX_SIGNATURE) -> str:
+    """``signature`` in at most ``limit`` characters, cut at a frame boundary (`` | ``): the
+    innermost frames stay. A first frame longer than the limit alone is cut, ending in ``…``."""
+    if len(signature) <= limit:
+        return signature
+    frames = signature.split(" | ")
+    while len(frames) > 1 and len(" | ".join(frames)) > limit:
+        frames.pop()
+    capped = " | ".join(frames)
+    return capped if len(capped) <= limit else capped[: limit - 1] + "…"

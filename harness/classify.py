@@ -26,7 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from shutdown_harness import MARKER
-from shutdown_harness.backtrace import crashing_thread_frames, frame_signature, significant_frames
+from shutdown_harness.backtrace import (
+    cap_signature,
+    crashing_thread_frames,
+    frame_signature,
+    significant_frames,
+)
 from shutdown_harness.errors import UsageError
 from shutdown_harness.schema import Verdict
 from shutdown_harness.signatures import first_match, rule_by_id
@@ -140,7 +145,8 @@ def classify(
     functions = crashing_thread_frames(backtrace) if backtrace and category == "crash" else []
     match = first_match(stderr, category, functions, phase=phase)
     if match is not None:
-        verdict = replace(verdict, signature=match.signature, source=match.source)
+        verdict = replace(verdict, signature=cap_signature(match.signature),
+                          source=match.source)
         verdict = verdict.with_note(f"signature from {match.source} rule {match.rule.id}")
         if match.rule.category == "infra":
             verdict = replace(verdict, category="infra", outcome="infra")
@@ -161,7 +167,8 @@ def classify(
         return verdict
     from_frames = frame_signature(significant)
     if from_frames is not None:
-        return replace(verdict, signature=f"native-crash:{from_frames}", source="frames") \
+        signature = cap_signature(f"native-crash:{from_frames}")
+        return replace(verdict, signature=signature, source="frames") \
             .with_note("signature from the crashing thread's normalized native frames")
     verdict = replace(verdict, signature=f"unclassified-{sig}", source="none")
     if backtrace:

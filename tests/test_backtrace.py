@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from shutdown_harness.backtrace import (
+    MAX_SIGNATURE,
+    cap_signature,
     crashing_thread_frames,
     frame_signature,
     normalize_frame,
@@ -31,7 +33,12 @@ def _backtrace(name: str) -> str:
      " () at library/alloc/src/boxed.rs:2015",
      "alloc::boxed::{impl#47}::call_once<(), dyn core::ops::function::FnOnce<(), Output=()>>"),
     ("#3  <signal handler called>", "<signal handler called>"),
-    ("#5  0x00007f0000001000 in ?? () from /usr/lib/libfoo.so.1", "?? in libfoo.so.1"),
+    ("#5  0x00007f0000001000 in ?? () from /usr/lib/libfoo.so.1", "libfoo.so.1"),
+    ("#9  0x00007fb6c8a1b2c3 in ?? () from /v/lib/python3.11/site-packages/opendal/"
+     "_opendal.abi3.so", "_opendal.abi3.so"),
+    ("#12 0x000055 in alloc[c23e483dde3f7cfb]::sync::Arc<tokio[9a1b2c3d4e5f6a7b]::runtime::"
+     "Handle>::drop_slow::h0123456789abcdef () at src/sync.rs:1",
+     "alloc::sync::Arc<tokio::runtime::Handle>::drop_slow"),
     ("#6  0x0000000000401000 in ?? ()", "??"),
     ("#2  0x00007f in gc_collect_main.isra.0 (tstate=...) at Modules/gcmodule.c:1226",
      "gc_collect_main"),
@@ -89,3 +96,31 @@ def test_skip_list_removes_panic_and_abort_machinery() -> None:
               "std::panicking::rust_panic_with_hook", "core::panicking::panic_fmt",
               "pyo3::gil::GILGuard::acquire", "pyo3::gil::GILGuard::acquire", "worker::run"]
     assert significant_frames(frames) == ["pyo3::gil::GILGuard::acquire", "worker::run"]
+
+
+def test_a_stripped_modules_frames_read_as_one_module() -> None:
+    """A real opendal 0.47.12 crash (SIGSEGV in PyGILState_Ensure at exit): gdb shows five
+    ``?? () from .../_opendal.abi3.so`` frames; the signature names the module once."""
+    text = (CORPUS / "native-crash--opendal04712-gilstate-ensure-sigsegv.json").read_text()
+    functions = crashing_thread_frames(str(json.loads(text)["backtrace"]))
+    assert functions.count("_opendal.abi3.so") == 5
+    assert significant_frames(functions) == [
+        "new_threadstate", "PyThreadState_New", "PyGILState_Ensure", "_opendal.abi3.so"]
+
+
+def test_faulthandlers_own_frames_are_skipped() -> None:
+    functions = ["__pthread_kill_implementation", "<signal handler called>",
+                 "_Py_DumpASCII", "dump_frame", "dump_traceback", "_Py_DumpTracebackThreads",
+                 "faulthandler_fatal_error", "<signal handler called>", "tupledealloc",
+                 "libfoo.so", "libfoo.so"]
+    assert significant_frames(functions) == ["tupledealloc", "libfoo.so"]
+
+
+def test_signatures_are_capped_at_a_frame_boundary() -> None:
+    long_frame = "tokio::runtime::task::harness::Harness<" + "T," * 40 + "S>::poll"
+    signature = "native-crash:" + " | ".join(["_PyObject_GC_UNTRACK", "method_dealloc",
+                                              long_frame, "x"])
+    assert cap_signature(signature) == "native-crash:_PyObject_GC_UNTRACK | method_dealloc"
+    assert cap_signature("native-crash:" + long_frame).endswith("…")
+    assert len(cap_signature("native-crash:" + long_frame)) == MAX_SIGNATURE
+    assert cap_signature("pthread-exit-unwind-abort") == "pthread-exit-unwind-abort"
