@@ -21,7 +21,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -140,6 +139,10 @@ class _Links(HTMLParser):
 
 
 def _fetch(url: str) -> tuple[str, bytes]:
+    # Imported here: urllib.request pulls http.client, email and ssl (~18 ms, -X importtime),
+    # needed for index lookups only, while every run imports this module to sort labels.
+    import urllib.request
+
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":  # a local index (pip's file:// extra-index-url): a folder
         path = urllib.request.url2pathname(parsed.path)

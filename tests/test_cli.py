@@ -206,3 +206,26 @@ def test_oversubscription_and_exit_delay_are_kept_in_every_record(tmp_path: Path
         assert record["load"]["jobs"] == 2 * cpus
         assert record["load"]["jobs_per_cpu"] == 2.0
         assert record["load"]["exit_delay"] == 0.05
+
+
+def test_list_shows_every_scenario_and_strategy_one_line_each(tmp_path: Path) -> None:
+    from shutdown_harness import config, discovery
+
+    done = _harness("list", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for info in discovery.builtin():  # piped: whole, on the scenario's own line
+        (line,) = [x for x in lines if x.split()[:1] == [info.name]]
+        assert line.endswith(info.summary) and f"{info.timeout:g}s" in line
+    for name in config.load(None)["strategies"]:
+        assert any(x.split()[:1] == [name] for x in lines), name
+
+
+def test_list_wraps_the_last_column_on_a_terminal() -> None:
+    from shutdown_harness.cli import _table
+
+    text = _table("t", ("name", "what"), [("a", "one two three four five six seven")], 31)
+    assert text.splitlines() == ["t", "  name  what", "  a     one two three four five",
+                                 "        six seven"]
+    whole = _table("t", ("name", "what"), [("a", "one two three four five six seven")], None)
+    assert whole.splitlines()[-1] == "  a     one two three four five six seven"

@@ -8,8 +8,13 @@ those under ``if TYPE_CHECKING:`` (types only, never run).
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,3 +165,23 @@ def test_the_check_finds_function_level_and_long_cycles(tmp_path: Path) -> None:
     found = cycles(graph)
     assert found == [["p.a", "p.b", "p.sub.c"]]
     assert _path(graph, found[0]) == "p.a -> p.sub.c -> p.b -> p.a"
+
+
+#: Heavy or optional modules (docs/architecture.md, "Imports"): imported where they are used,
+#: never on the way to `--help`, `list` or a campaign's imports.
+_HEAVY = ("scipy", "urllib.request", "http.client", "importlib.metadata", "filelock", "docker",
+          "testcontainers", "rich.live", "rich.progress")
+
+
+@pytest.mark.parametrize("modules", [
+    "shutdown_harness.cli",
+    "shutdown_harness.cli, shutdown_harness.discovery, shutdown_harness.strategies",
+    "shutdown_harness.workflow, shutdown_harness.reports, shutdown_harness.versions",
+])
+def test_start_up_imports_nothing_heavy(modules: str) -> None:
+    code = (f"import sys; before = set(sys.modules); import {modules}; "
+            "print(__import__('json').dumps(sorted(set(sys.modules) - before)))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                       text=True, check=True).stdout)
+    heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in _HEAVY)]
+    assert not heavy, f"import {modules} loads {heavy}"
