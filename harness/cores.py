@@ -9,6 +9,7 @@ the record's vocabulary, not the classifier.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import shutil
@@ -160,6 +161,7 @@ class CoreDecision:
 
 @dataclass
 class _Group:
+    seen: int = 0  # crashes with a core in this group so far
     analysed: int = 0
     pending: int = 0  # said yes to, not recorded yet (gdb runs in the background)
     signatures: dict[str, int] = field(default_factory=dict)
@@ -179,12 +181,15 @@ class CoreBudget:
       group are analysed, for the evidence (their backtraces become artifacts).
     - **Unspecific stderr** (`harness.classify.needs_backtrace`: a silent SIGABRT, a bare
       SIGSEGV): the backtrace *is* the signature, so every core is analysed while gdb's
-      cumulative time stays under ``max_gdb_share`` of the wall time since the budget was made
-      (the first ``exemplars`` of a group are always analysed). gdb takes ~0.6 s a core, so at
-      the default share this covers every crash of a typical campaign.
-    - Past that share, a run is not analysed; `infer` then gives it its group's signature
-      **only if** every analysed core of the group (at least ``exemplars``) agreed, with a note
-      saying the signature was inferred; otherwise it stays ``unclassified-<SIGNAL>``.
+      cumulative time stays under ``max_gdb_share`` of the wall time since the budget was made.
+      Whatever the share, a group's first ``exemplars + isqrt(crashes so far)`` cores are
+      analysed: the budget grows with the crash rate (a cell that crashes in every run gets
+      ~30 analyses per 1,000 crashes, not 3), since that is where a mixed group shows.
+    - Past that, a run is not analysed; `infer` then gives it its group's signature when the
+      analysed cores of the group (at least ``exemplars``) agree, or more than half of them
+      do, with a note saying how many; otherwise it stays ``unclassified-<SIGNAL>``. The
+      caller's group key should hold the cell and the stderr's fingerprint, so that runs
+      inferred from each other died alike as far as stderr tells.
     - Core files: at most ``keep_cores`` per (group, final signature) are kept as artifacts,
       and at most ``max_core_bytes`` in all; the caller deletes every other core as soon as
       it is analysed (or at once when it is not).
@@ -211,11 +216,17 @@ class CoreBudget:
         """Whether the core of a run in group ``key`` should go through gdb."""
         with self._lock:
             group = self._groups.setdefault(key, _Group())
+            group.seen += 1
             if group.analysed + group.pending < self.exemplars:
                 group.pending += 1
                 return CoreDecision(
                     True, f"exemplar {group.analysed + group.pending}/{self.exemplars}"
                 )
+            if unspecific and group.analysed + group.pending < \
+                    self.exemplars + math.isqrt(group.seen):
+                group.pending += 1
+                return CoreDecision(True, "stderr is not specific: this group's crashes grow"
+                                    " its share of analyses")
             if not unspecific:
                 self._skipped += 1
                 return CoreDecision(False, "enough exemplars for this signature")
@@ -260,14 +271,17 @@ class CoreBudget:
             self._kept_bytes += size
             return True
 
-    def inferred(self, key: str) -> tuple[str, list[str] | None, int] | None:
-        """The group's unanimous signature, its frames and how many cores back it, or None."""
+    def inferred(self, key: str) -> tuple[str, list[str] | None, int, int] | None:
+        """The signature of more than half the group's analysed cores (at least
+        ``exemplars``), its frames, how many cores back it and how many were analysed."""
         with self._lock:
             group = self._groups.get(key)
-            if group is None or group.analysed < self.exemplars or len(group.signatures) != 1:
+            if group is None or group.analysed < self.exemplars or not group.signatures:
                 return None
-            (signature, count), = group.signatures.items()
-            return signature, group.frames[signature], count
+            signature, count = max(group.signatures.items(), key=lambda kv: (kv[1], kv[0]))
+            if 2 * count <= group.analysed:
+                return None
+            return signature, group.frames[signature], count, group.analysed
 
     def infer(self, key: str, verdict: Verdict) -> Verdict:
         """``verdict`` (of a run whose core was not analysed) with its group's signature,
@@ -275,10 +289,13 @@ class CoreBudget:
         found = self.inferred(key)
         if found is None:
             return verdict.with_note(
-                "core not analysed; analysed cores of this group do not agree or are too few")
-        signature, frames, count = found
+                "core not analysed; analysed cores of this group are too few or no signature"
+                " has more than half of them")
+        signature, frames, count, analysed = found
+        agree = f"{count} analysed cores" if count == analysed else \
+            f"{count} of {analysed} analysed cores"
         return verdict.with_note(
-            f"signature inferred from {count} analysed cores of runs with the same stderr "
+            f"signature inferred from {agree} of runs with the same stderr "
             "(this run's core was not analysed)",
             signature=signature, frames=frames, source="inferred")
 

@@ -29,6 +29,7 @@ from shutdown_harness.engine import Exit, Job
 from shutdown_harness.plan import RunSpec
 from shutdown_harness.progress import ProgressView
 from shutdown_harness.schema import Verdict, record_fields
+from shutdown_harness.signatures import fingerprint
 
 if TYPE_CHECKING:
     from shutdown_harness.workflow import Campaign, Cellinfo
@@ -150,7 +151,8 @@ class Recorder:
             self._finish(record, stdout, stderr, None, core)
             return
         if core is not None and verdict.category == "crash":
-            key = f"{spec.scenario}/{spec.strategy}/{verdict.signature}"
+            # Cores are inferred from each other within a cell and a stderr fingerprint.
+            key = f"{spec.scenario}/{spec.strategy}/{verdict.signature}/{fingerprint(stderr)}"
             unspecific = needs_backtrace(verdict)
             decision = self.core_budget.decide(key, unspecific)
             if decision.analyse and info.executable and not self.no_gdb_reason:

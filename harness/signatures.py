@@ -10,6 +10,7 @@ Adding a family is a data change plus a test case, not a code change.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "Rule",
     "load_rules",
     "first_match",
+    "fingerprint",
     "rule_by_id",
     "rules",
     "scrub",
@@ -72,6 +74,22 @@ class Match:
 
 # --------------------------------------------------------------------------------------------
 # Normalizers for captured groups
+
+
+#: What stderr tells of where a run died: faulthandler's fatal-error line and Python frames,
+#: a Rust panic's thread and location (the lines of `fingerprint`).
+_FINGERPRINT_LINE = re.compile(
+    r"^(?:Fatal Python error: .*|  File \".*\", line \d+,? in .*|  <no Python frame>"
+    r"|thread '[^'\n]*'.* panicked at .*)$", re.M)
+_FINGERPRINT_TAIL = 20_000
+
+
+def fingerprint(stderr: str) -> str:
+    """A short digest of what ``stderr`` says of where the run died, without run-specific
+    parts (addresses, thread ids, numbers): runs with equal fingerprints died alike as far as
+    stderr tells, so one's native signature may be inferred from another's core."""
+    lines = [scrub(m.group()) for m in _FINGERPRINT_LINE.finditer(stderr[-_FINGERPRINT_TAIL:])]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:10]
 
 
 def scrub(text: str) -> str:

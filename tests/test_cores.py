@@ -66,6 +66,31 @@ def test_budget_does_not_infer_when_exemplars_disagree() -> None:
     assert budget.infer("unknown-key", v).signature == "unclassified-SIGSEGV"
 
 
+def test_budget_infers_the_majority_of_a_mixed_group() -> None:
+    budget = CoreBudget(exemplars=3)
+    for signature in ("native-crash:a", "native-crash:b", "native-crash:a", "native-crash:a"):
+        budget.record("k", signature, [signature], 0.1)
+    inferred = budget.infer("k", classify(returncode=-11, stderr=""))
+    assert inferred.signature == "native-crash:a" and inferred.source == "inferred"
+    assert any("3 of 4 analysed cores" in n for n in inferred.notes)
+
+
+def test_budget_grows_with_the_crash_rate() -> None:
+    """A group that crashes in every run keeps getting analyses after the time share is
+    spent: exemplars + isqrt(crashes), about 3 + 31 for 1,000 crashes."""
+    clock = _Clock()
+    budget = CoreBudget(exemplars=3, max_gdb_share=0.0, clock=clock)
+    analysed = 0
+    for _ in range(1000):
+        clock.now += 0.1
+        if budget.decide("cell/unclassified-SIGSEGV", unspecific=True).analyse:
+            budget.record("cell/unclassified-SIGSEGV", "native-crash:a", ["a"], 0.6)
+            analysed += 1
+    assert analysed == 3 + 31
+    specific = [budget.decide("cell/gilstate", unspecific=False).analyse for _ in range(100)]
+    assert sum(specific) == 3  # a specific stderr needs exemplars only
+
+
 def test_budget_keeps_few_cores_and_bounded_bytes() -> None:
     budget = CoreBudget(keep_cores=1, max_core_bytes=100)
     assert budget.keep_core("k", "s1", 60)

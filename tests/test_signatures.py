@@ -109,3 +109,17 @@ def test_expected_signatures_in_corpus_are_stable_ids() -> None:
         signature = json.loads(path.read_text())["expected"]["signature"]
         base = signature.split(":", 1)[0]
         assert base in ids or base.startswith(("unclassified-SIG", "exit-")), path.name
+
+
+def test_fingerprint_keeps_where_stderr_says_the_run_died() -> None:
+    from shutdown_harness.signatures import fingerprint
+
+    a = ("Fatal Python error: Segmentation fault\n\nThread 0x00007f79b83dbb80 (most recent "
+         "call first):\n  <no Python frame>\n")
+    b = a.replace("7f79b83dbb80", "7f0000000001")
+    c = ("Fatal Python error: Segmentation fault\n\nCurrent thread 0x00007f79 (most recent "
+         "call first):\n  File \"/x/scenario.py\", line 12 in main\n")
+    d = c.replace("line 12", "line 14").replace("0x00007f79", "0x00007f11")
+    assert fingerprint(a) == fingerprint(b) != fingerprint(c)
+    assert fingerprint(c) == fingerprint(d) != fingerprint(c.replace("in main", "in work"))
+    assert fingerprint("") == fingerprint("no fingerprint lines here")
