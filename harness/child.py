@@ -146,8 +146,21 @@ def run(args: argparse.Namespace, module: ModuleType, cleanup: Any) -> int:
     return 0
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this child when the harness dies (PR_SET_PDEATHSIG; Linux only, best effort)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the harness died before the prctl
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    _die_with_parent()
     enable_faulthandler(args)
     module = load(args.scenario)
     if args.probe:

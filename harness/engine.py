@@ -52,6 +52,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shutdown_harness import proctree
+
 __all__ = ["Job", "Exit", "Engine", "raise_core_limit"]
 
 #: Python ignores these; a child must get them back at their default, as subprocess does.
@@ -164,14 +166,14 @@ class Exit:
 
 
 class _Slot:
-    """A working directory and the jobs handed to it."""
+    """A working directory, and the serial numbers of the runs it started."""
 
     def __init__(self, root: Path, index: int) -> None:
         self.index = index
         self.workdir = root / f"slot-{index}"
         self.cores = root / "cores"
-        self.ahead: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._serial = itertools.count()
+        self.runs = itertools.count()
         self.workdir.mkdir(parents=True, exist_ok=True)
         _empty(str(self.workdir))
 
@@ -198,6 +200,7 @@ class _Running:
     started: float
     started_at: float
     deadline: float
+    mark: str = ""  # proctree.MARK of its processes
     timed_out: bool = False
     killed: bool = False
     stopped: bool = False  # killed by Engine.stop: not reported
@@ -302,6 +305,10 @@ class Engine:
         self._devnull = -1
         self._home = -1
         self._sigmask: set[int | signal.Signals] = set()
+        #: Jobs handed out ahead, taken by whichever slot is free first (None: no more).
+        self._ahead: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._nonce = ""
+        self._orphans: proctree.Orphans | None = None
 
     def stop(self) -> None:
         """Stop spawning and kill running children. Safe in a signal handler or any thread."""
@@ -316,7 +323,7 @@ class Engine:
             _block_async_signals()
             previous: Exit | None = None
             while True:
-                job = slot.ahead.get()
+                job = self._ahead.get()
                 if job is None or self.stopped:
                     break
                 spawned = self._spawn(job, slot, own_cwd)
@@ -335,7 +342,7 @@ class Engine:
             self._running[slot.index] = run
             if self.stopped:
                 run.stopped = run.killed = True
-                _killpg(run.pid)
+                proctree.kill_tree(run.pid)
             elif run.deadline < self._wake_at:
                 self._events.put(_WAKE)
         # Blocks without the GIL; WNOWAIT leaves a zombie, so the pid (and its process group)
@@ -343,7 +350,10 @@ class Engine:
         os.waitid(os.P_PID, run.pid, os.WEXITED | os.WNOWAIT)
         with self._lock:
             del self._running[slot.index]
-        _killpg(run.pid)  # grandchildren die with the run
+        _killpg(run.pid)  # what it started dies with the run, and what came back to us:
+        assert self._orphans is not None
+        self._orphans.live.discard(run.mark)
+        self._orphans.collect()
         _, status, usage = os.wait4(run.pid, 0)
         duration = time.monotonic() - run.started
         returncode = os.waitstatus_to_exitcode(status)
@@ -384,7 +394,10 @@ class Engine:
             (os.POSIX_SPAWN_DUP2, stdout.fd, 1),
             (os.POSIX_SPAWN_DUP2, stderr.fd, 2),
         ]
-        env = os.environ if job.env is None else job.env
+        mark = f"{self._nonce}.{slot.index}.{next(slot.runs)}"
+        env = {**(os.environ if job.env is None else job.env), proctree.MARK: mark}
+        assert self._orphans is not None
+        self._orphans.live.add(mark)  # before its first process can come back orphaned
 
         def spawn() -> int:
             return os.posix_spawnp(job.argv[0], job.argv, env, file_actions=actions, setpgroup=0,
@@ -404,6 +417,7 @@ class Engine:
                     finally:
                         os.fchdir(self._home)
         except OSError as e:
+            self._orphans.live.discard(mark)
             return Exit(job, 0, None, False, 0.0, started_at, slot.workdir, stdout, stderr,
                         error=f"cannot start: {e}")
         if job.cpus:
@@ -412,7 +426,7 @@ class Engine:
             except OSError:
                 pass  # the child already exited: nothing to pin
         return _Running(job, pid, slot, stdout, stderr, started, started_at,
-                        started + job.timeout)
+                        started + job.timeout, mark)
 
     # -- the calling thread ------------------------------------------------------------------
     def _signal_deadlines(self) -> float:
@@ -449,7 +463,7 @@ class Engine:
         if not run.killed:
             run.killed = True
             run.deadline = now + 60.0  # reaped as soon as it dies
-            _killpg(run.pid)
+            proctree.kill_tree(run.pid)
 
     def _kill_all(self) -> None:
         with self._lock:
@@ -457,7 +471,7 @@ class Engine:
                 run.stopped = True
                 if not run.killed:
                     run.killed = True
-                    _killpg(run.pid)
+                    proctree.kill_tree(run.pid)
 
     def run(self, jobs: Iterable[Job], on_exit: Callable[[Exit], None]) -> bool:
         """Run every job and hand each exit to ``on_exit``. True if all ran.
@@ -475,16 +489,32 @@ class Engine:
         self._home = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
         self._sigmask = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # the children's
         callbacks = threading.Lock()  # one callback or pull from `jobs` at a time
-        exhausted = failed = False
+        exhausted = failed = closed = False
+        self._ahead = ahead = queue.SimpleQueue()
+        # Every run's processes carry a mark; orphans come back to this process (subreaper);
+        # a watchdog kills what is left if this process dies without cleaning up.
+        self._nonce = proctree.new_nonce()
+        subreaper = proctree.become_subreaper()
+        self._orphans = proctree.Orphans(self._nonce)
+        watchdog = proctree.start_watchdog(self._nonce)
+        if watchdog is not None:
+            self._orphans.settle(watchdog.pid)
 
-        def feed(slot: _Slot) -> None:
-            """One more job for this slot (None: no more)."""
-            nonlocal exhausted
+        def feed() -> None:
+            """One more job ahead, for whichever slot is free first (None per slot: no more)."""
+            nonlocal exhausted, closed
+            if closed:
+                return
             job = None
-            if not exhausted and not self.stopped:
+            if not self.stopped:
                 job = next(pending, None)
                 exhausted = job is None
-            slot.ahead.put(job)
+            if job is None:
+                closed = True
+                for _ in slots:
+                    ahead.put(None)
+            else:
+                ahead.put(job)
 
         def record(slot: _Slot, exit_: Exit | None) -> None:
             if exit_ is None:
@@ -494,7 +524,7 @@ class Engine:
                     if failed:  # another callback failed: the run is over
                         return
                     on_exit(exit_)
-                    feed(slot)  # after: a record can end the plan (adaptive stopping)
+                    feed()  # after: a record can end the plan (adaptive stopping)
             finally:
                 _forget(exit_)
 
@@ -503,9 +533,10 @@ class Engine:
         live = len(threads)
         try:
             with callbacks:
-                for slot in slots:  # the job it runs first, and the one after
-                    feed(slot)
-                    feed(slot)
+                # A job for each slot to run first, and one more each, ahead: any slot can
+                # take any of them, so none waits while another holds work.
+                for _ in range(2 * len(slots)):
+                    feed()
             for thread in threads:
                 thread.start()
             stopping = False
@@ -516,8 +547,8 @@ class Engine:
                     continue
                 if self.stopped and not stopping:
                     stopping = True
-                    for slot in slots:
-                        slot.ahead.put(None)
+                    for _ in slots:
+                        ahead.put(None)
                     self._kill_all()
                 if isinstance(item, _SlotDone):
                     live -= 1
@@ -528,12 +559,15 @@ class Engine:
             completed = exhausted and not self.stopped and not live
             failed = failed or live > 0
             self.stopped = True
-            for slot in slots:
-                slot.ahead.put(None)
+            for _ in slots:
+                ahead.put(None)
             self._kill_all()
             for thread in threads:
                 if thread.ident is not None:
                     thread.join()
+            self._orphans.collect(everything=True)
+            proctree.stop_watchdog(watchdog)
+            proctree.restore_subreaper(subreaper)
             os.close(self._devnull)
             self._devnull = -1
             os.close(self._home)

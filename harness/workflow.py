@@ -377,21 +377,22 @@ def execute(c: Campaign) -> None:
     cell_done = _cell_done(c, counter_done) if counter_done is not None else None
     if c.plan.get("cores", "auto") != "off":
         raise_core_limit()
-    engine = Engine(c.out / ".work", jobs=c.plan["jobs"])
+    remaining = planned - len(c.store.done)
+    # No more slots than runs: the load each record names is the concurrency that ran.
+    jobs = max(1, min(c.plan["jobs"], remaining))
+    engine = Engine(c.out / ".work", jobs=jobs)
     previous = {
         sig: signal.signal(sig, lambda *_: _interrupt(c, engine))
         for sig in (signal.SIGINT, signal.SIGTERM)
     }
-    remaining = planned - len(c.store.done)
-    c.say(
-        f"{remaining} runs to do ({planned} planned) with {c.plan['jobs']} jobs -> {c.out}"
-    )
+    c.say(f"{remaining} runs to do ({planned} planned) with {jobs} jobs -> {c.out}")
     done = c.store.done
     try:
         with ProgressView(
             c.tally, planned, stream=c.stream, already=len(done), adaptive=cell_done is not None
         ) as view:
             recorder = Recorder(c, view, ends_cell=counter_done)
+            recorder.load = stressors.plan_load({**c.plan, "jobs": jobs})
             try:
                 c.completed = engine.run(
                     recorder.jobs(iter_plan(cells, runs, shard, done, cell_done)),

@@ -198,7 +198,8 @@ def test_plain_status_lines_when_not_a_terminal(tmp_path: Path) -> None:
 def test_oversubscription_and_exit_delay_are_kept_in_every_record(tmp_path: Path) -> None:
     cpus = len(os.sched_getaffinity(0))
     result = _harness(
-        "run", "--command", "true", "--runs", "3", "--jobs", "2x", "--exit-delay", "50ms",
+        "run", "--command", "true", "--runs", str(2 * cpus), "--jobs", "2x",
+        "--exit-delay", "50ms",
         "--out", str(tmp_path / "o"),
     )
     assert result.returncode == 0, result.stderr

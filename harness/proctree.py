@@ -1,0 +1,273 @@
+"""Process trees: a run's descendants die with it, and with the harness.
+
+A child can leave its process group (``setpgid``, even into the harness's own group) or its
+session (``setsid``, ``start_new_session=True``), so killing its group misses what it started.
+What this module gives the engine instead:
+
+- :func:`become_subreaper`: the harness is a child subreaper (``prctl``), so a descendant whose
+  parent exits comes back to the harness instead of going to init; Linux hands it to the
+  harness's main thread, whose children ``/proc/PID/task/PID/children`` lists.
+- a mark: every run's environment carries :data:`MARK` = ``NONCE.SLOT.SERIAL``, inherited by
+  everything it starts (a process that clears its whole environment loses it, see below).
+- :class:`Orphans`: after a run exits, the main thread's new children are looked at (one small
+  ``/proc`` read when there is none, the common case): a marked one whose run is over is
+  killed with everything under it, and reaped; a zombie is reaped; an unmarked live process is
+  left alone (a container engine's ``conmon`` daemonizes the same way and is not ours).
+- :func:`kill_tree`: SIGKILL to a run's process, its process group and every descendant still
+  attached to it (at a timeout, or when the harness stops): the pid itself is killed even when
+  its group is gone.
+- the watchdog (:func:`start_watchdog`): a small process in a session of its own that waits
+  for the harness to go away (its stdin pipe closes, also on SIGKILL of the harness) and then
+  kills every process that carries the harness's mark. It covers ``--command`` runs, which
+  have no wrapper to ask for ``PR_SET_PDEATHSIG`` (the scenario wrapper, harness/child.py,
+  does).
+
+This file runs as a script too (the watchdog: ``python -I -S proctree.py NONCE``), so it uses the
+standard library only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+__all__ = ["MARK", "Orphans", "become_subreaper", "kill_tree", "new_nonce", "start_watchdog",
+           "stop_watchdog", "marked"]
+
+#: The environment variable that marks every process of a run (value ``NONCE.SLOT.SERIAL``).
+MARK = "SHUTDOWN_HARNESS_TREE"
+_MARK_BYTES = MARK.encode() + b"="
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
+#: How long the watchdog keeps looking for marked processes after the harness went away (a
+#: process being killed can still fork for a moment).
+_WATCH_SWEEP_S = 2.0
+
+
+def new_nonce() -> str:
+    """A mark prefix of this harness process, unique on the machine."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _prctl(option: int, value: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0))
+
+
+def become_subreaper() -> bool | None:
+    """Make this process a child subreaper; returns the previous setting (None: not possible)."""
+    try:
+        previous = ctypes.c_int(0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(previous), 0, 0, 0)
+        if _prctl(_PR_SET_CHILD_SUBREAPER, 1) != 0:
+            return None
+        return bool(previous.value)
+    except (OSError, AttributeError):
+        return None
+
+
+def restore_subreaper(previous: bool | None) -> None:
+    if previous is False:
+        _prctl(_PR_SET_CHILD_SUBREAPER, 0)
+
+
+def _children(pid: int) -> list[int]:
+    """The children of every thread of ``pid`` (empty when it is gone)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found.extend(int(p) for p in f.read().split())
+        except OSError:
+            pass
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` that is still attached to it, parents first."""
+    out: list[int] = []
+    todo = [pid]
+    seen = {pid}
+    while todo:
+        for child in _children(todo.pop()):
+            if child not in seen:
+                seen.add(child)
+                out.append(child)
+                todo.append(child)
+    return out
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``, its process group and its attached descendants (none may escape by
+    leaving the group; the pid itself dies even when its group is gone)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    below = descendants(pid)
+    _kill(pid)
+    for child in below:
+        _kill(child)
+
+
+def marked(pid: int, prefix: bytes = b"") -> str | None:
+    """The run mark in the environment ``pid`` started with (None: none, or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:
+        return None
+    for entry in environ.split(b"\0"):
+        if entry.startswith(_MARK_BYTES):
+            value = entry[len(_MARK_BYTES):]
+            return value.decode(errors="replace") if value.startswith(prefix) else None
+    return None
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True  # gone already: reaping it is harmless
+    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] == b"Z"
+
+
+class Orphans:
+    """The main thread's children that came back from runs: killed and reaped when their run
+    is over. ``collect`` is safe from any thread."""
+
+    def __init__(self, nonce: str) -> None:
+        self.prefix = nonce.encode() + b"."
+        pid = os.getpid()
+        self._path = f"/proc/{pid}/task/{pid}/children"
+        self._lock = threading.Lock()
+        self.live: set[str] = set()  # marks of runs still running
+        #: Children that are not orphans of finished runs: those from before (services, the
+        #: watchdog) and unmarked live processes that came back (not ours to kill).
+        self.settled: set[int] = set(self._read())
+        self._waiting: dict[int, str] = {}  # marked orphans of runs still running
+        self.killed = 0
+
+    def _read(self) -> list[int]:
+        try:
+            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return []
+        try:
+            return [int(p) for p in os.read(fd, 1 << 16).split()]
+        finally:
+            os.close(fd)
+
+    def settle(self, pid: int) -> None:
+        """A child of the main thread that is not a run's (a watchdog, a service)."""
+        self.settled.add(pid)
+
+    def collect(self, everything: bool = False) -> None:
+        """Kill and reap the orphans of finished runs (``everything``: of every run)."""
+        pids = self._read()
+        if not self._waiting and self.settled.issuperset(pids):
+            return  # the common case: nothing came back
+        with self._lock:
+            for _ in range(50):  # each kill can hand back its children: look again
+                if not self._sweep(self._read(), everything):
+                    break
+
+    def _sweep(self, pids: list[int], everything: bool) -> bool:
+        acted = False
+        for pid in pids:
+            if pid in self.settled:
+                continue
+            mark = self._waiting.get(pid) or marked(pid, self.prefix)
+            if mark is None:
+                if _zombie(pid):
+                    acted = self._reap(pid) or acted
+                else:
+                    self.settled.add(pid)
+                continue
+            if mark in self.live and not everything:
+                self._waiting[pid] = mark
+                continue
+            self._waiting.pop(pid, None)
+            kill_tree(pid)
+            self.killed += 1
+            self._reap(pid, block=True)
+            acted = True
+        return acted
+
+    @staticmethod
+    def _reap(pid: int, block: bool = False) -> bool:
+        try:
+            done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return done == pid
+
+
+# -- the watchdog ----------------------------------------------------------------------------
+def start_watchdog(nonce: str) -> subprocess.Popen[bytes] | None:
+    """A process that kills every process marked with ``nonce`` once this one is gone."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), nonce],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C or a group kill of the harness spares it
+        )
+    except OSError:
+        return None
+
+
+def stop_watchdog(watchdog: subprocess.Popen[bytes] | None) -> None:
+    """Tell the watchdog the harness ended on its own (it sweeps once, then exits)."""
+    if watchdog is None:
+        return
+    try:
+        if watchdog.stdin is not None:
+            watchdog.stdin.close()
+        watchdog.wait(timeout=_WATCH_SWEEP_S + 3.0)
+    except (OSError, subprocess.TimeoutExpired):
+        watchdog.kill()
+        watchdog.wait()
+
+
+def _sweep_marked(prefix: bytes) -> int:
+    found = 0
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != me and marked(int(name), prefix) is not None:
+            _kill(int(name))
+            found += 1
+    return found
+
+
+def _watch(nonce: str) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    while sys.stdin.buffer.read(1 << 12):
+        pass  # the harness never writes: EOF when it closes the pipe or dies
+    prefix = nonce.encode() + b"."
+    end = time.monotonic() + _WATCH_SWEEP_S
+    while _sweep_marked(prefix) and time.monotonic() < end:
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    _watch(sys.argv[1])
