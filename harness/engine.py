@@ -49,7 +49,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shutdown_harness import proctree
@@ -351,10 +351,12 @@ class Engine:
         with self._lock:
             del self._running[slot.index]
         _killpg(run.pid)  # what it started dies with the run, and what came back to us:
-        assert self._orphans is not None
-        self._orphans.live.discard(run.mark)
-        self._orphans.collect()
+        orphans = self._orphans
+        assert orphans is not None
+        orphans.live.discard(run.mark)
+        orphans.collect()
         _, status, usage = os.wait4(run.pid, 0)
+        orphans.runs.discard(run.pid)
         duration = time.monotonic() - run.started
         returncode = os.waitstatus_to_exitcode(status)
         core = slot.set_aside(run.pid)
@@ -405,7 +407,8 @@ class Engine:
 
         try:
             if job.launcher is not None:
-                pid = job.launcher(job, slot.workdir, (self._devnull, stdout.fd, stderr.fd))
+                pid = job.launcher(replace(job, env=env), slot.workdir,
+                                   (self._devnull, stdout.fd, stderr.fd))
             elif own_cwd:
                 pid = spawn()
             else:
@@ -420,6 +423,7 @@ class Engine:
             self._orphans.live.discard(mark)
             return Exit(job, 0, None, False, 0.0, started_at, slot.workdir, stdout, stderr,
                         error=f"cannot start: {e}")
+        self._orphans.runs.add(pid)  # a warm run is the main thread's child: not an orphan
         if job.cpus:
             try:
                 os.sched_setaffinity(pid, job.cpus)

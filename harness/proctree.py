@@ -11,8 +11,10 @@ What this module gives the engine instead:
   everything it starts (a process that clears its whole environment loses it, see below).
 - :class:`Orphans`: after a run exits, the main thread's new children are looked at (one small
   ``/proc`` read when there is none, the common case): a marked one whose run is over is
-  killed with everything under it, and reaped; a zombie is reaped; an unmarked live process is
-  left alone (a container engine's ``conmon`` daemonizes the same way and is not ours).
+  killed with everything under it, and reaped. An unmarked one is left alone (a container
+  engine's ``conmon`` daemonizes the same way and is not ours; a warm run, harness/warm.py, is
+  the main thread's child too, and a zombie has no readable environment): zombies among them
+  are reaped when the engine ends, when no run can be one of them.
 - :func:`kill_tree`: SIGKILL to a run's process, its process group and every descendant still
   attached to it (at a timeout, or when the harness stops): the pid itself is killed even when
   its group is gone.
@@ -161,9 +163,11 @@ class Orphans:
         self._path = f"/proc/{pid}/task/{pid}/children"
         self._lock = threading.Lock()
         self.live: set[str] = set()  # marks of runs still running
-        #: Children that are not orphans of finished runs: those from before (services, the
-        #: watchdog) and unmarked live processes that came back (not ours to kill).
-        self.settled: set[int] = set(self._read())
+        self.runs: set[int] = set()  # pids of runs the engine waits for (warm ones are ours)
+        #: Children from before (services) or not from the runs (the watchdog).
+        self.before: set[int] = set(self._read())
+        #: Children looked at and left alone: unmarked (not ours to kill), or zombies.
+        self.settled: set[int] = set(self.before)
         self._waiting: dict[int, str] = {}  # marked orphans of runs still running
         self.killed = 0
 
@@ -179,12 +183,14 @@ class Orphans:
 
     def settle(self, pid: int) -> None:
         """A child of the main thread that is not a run's (a watchdog, a service)."""
+        self.before.add(pid)
         self.settled.add(pid)
 
     def collect(self, everything: bool = False) -> None:
-        """Kill and reap the orphans of finished runs (``everything``: of every run)."""
+        """Kill and reap the orphans of finished runs. ``everything``: the engine is done (no
+        run is running): also those of every run, and reap the zombies that came back."""
         pids = self._read()
-        if not self._waiting and self.settled.issuperset(pids):
+        if not everything and not self._waiting and self.settled.issuperset(pids):
             return  # the common case: nothing came back
         with self._lock:
             for _ in range(50):  # each kill can hand back its children: look again
@@ -194,11 +200,13 @@ class Orphans:
     def _sweep(self, pids: list[int], everything: bool) -> bool:
         acted = False
         for pid in pids:
-            if pid in self.settled:
+            if pid in self.before or pid in self.runs:
+                continue
+            if pid in self.settled and not everything:
                 continue
             mark = self._waiting.get(pid) or marked(pid, self.prefix)
             if mark is None:
-                if _zombie(pid):
+                if everything and _zombie(pid):
                     acted = self._reap(pid) or acted
                 else:
                     self.settled.add(pid)
