@@ -494,7 +494,7 @@ class Engine:
         self._sigmask = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # the children's
         callbacks = threading.Lock()  # one callback or pull from `jobs` at a time
         exhausted = failed = closed = False
-        self._ahead = ahead = queue.SimpleQueue()
+        self._ahead = ahead = queue.SimpleQueue[Job | None]()
         # Every run's processes carry a mark; orphans come back to this process (subreaper);
         # a watchdog kills what is left if this process dies without cleaning up.
         self._nonce = proctree.new_nonce()
