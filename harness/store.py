@@ -18,7 +18,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from shutdown_harness.errors import UsageError
 
@@ -155,7 +155,7 @@ class ResultStore:
         self.folder = folder
         self.keep_per_signature = keep_per_signature
         self._lock = threading.Lock()
-        self._file: Any = None
+        self._file: IO[str] | None = None
         self._kept: Counter[tuple[str, str, str]] = Counter()
         self.done: set[str] = set()
 
@@ -214,6 +214,7 @@ class ResultStore:
         """Write one record (``flush=False``: buffered until :meth:`flush` or the next one)."""
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
         with self._lock:
+            assert self._file is not None, "create() or resume() the store first"
             self._file.write(line)
             if flush:
                 self._file.flush()
