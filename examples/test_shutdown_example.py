@@ -43,10 +43,10 @@ async def concurrent_puts() -> None:
 
 def test_concurrent_puts_survive_exit(shutdown_stress):
     """The fixture form: any function, built-in scenario name or scenario file."""
-    shutdown_stress.run(concurrent_puts, runs=RUNS, max_rate=MAX_RATE)
+    shutdown_stress.run(concurrent_puts, runs=RUNS, max_rate=MAX_RATE, services=("etcd",))
 
 
-@pytest.mark.shutdown_stress(runs=RUNS, max_rate=MAX_RATE)
+@pytest.mark.shutdown_stress(runs=RUNS, max_rate=MAX_RATE, services=("etcd",))
 async def test_put_get_survive_exit():
     """The marker form: the test's own body runs in the children (a put, a get, then exit)."""
     import os

@@ -14,7 +14,7 @@ import signal
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from shutdown_harness import __version__
 from shutdown_harness import config as config_module
 from shutdown_harness.errors import EXIT_OK, EXIT_USAGE, UsageError
+from shutdown_harness.service_kinds import BUILTIN, ServiceKind
 from shutdown_harness.stressors import parse_exit_delay, parse_jobs
 
 __all__ = ["main", "build_parser"]
@@ -39,6 +40,7 @@ _PLAN_KEYS = (
     "until_halfwidth",
     "etcd",
     "valkey",
+    "services",
     "pin",
     "exit_delay",
     "cores",
@@ -94,8 +96,8 @@ def _argtype(parse: Callable[[str], Any], option: str) -> Callable[[str], Any]:
     return convert
 
 
-def _service_how(kind: str) -> Callable[[str], str]:
-    """``--etcd``/``--valkey``: checked by `harness.services`, imported only when the option is
+def _service_how(kind: str | ServiceKind) -> Callable[[str], str]:
+    """``--etcd``/``--valkey``/``--NAME``: checked by `harness.services`, imported only when given
     given (services and containers were 40 ms of the CLI's 70 ms of imports, -X importtime)."""
 
     def validate(text: str) -> str:
@@ -125,7 +127,25 @@ def _csv(values: list[str] | None) -> list[str] | None:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _service_options(group: Any, services: Mapping[str, ServiceKind]) -> None:
+    """`--NAME auto|embedded|HOST:PORT` for each declared service (dest ``service:NAME``)."""
+    for name, kind in services.items():
+        if name in BUILTIN:
+            continue
+        what = (kind.summary or f"declared service {name}").replace("%", "%%")
+        try:
+            group.add_argument(f"--{name}", dest=f"service:{name}", metavar="HOW",
+                               type=_argtype(_service_how(kind), f"--{name}"),
+                               help=f"{what}: auto|embedded|HOST:PORT")
+        except argparse.ArgumentError:
+            raise UsageError(
+                f"[tool.shutdown-harness.services.{name}]: --{name} is already an option of"
+                " run: give the service another name"
+            ) from None
+
+
+def build_parser(services: Mapping[str, ServiceKind] | None = None) -> argparse.ArgumentParser:
+    """The command line; `services` adds `run --NAME` for each declared service."""
     parser = _Parser(
         prog="shutdown-harness",
         description="Reproduce, measure and explain interpreter-shutdown crashes.",
@@ -159,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--warm", action="store_true", default=None,
                      help="fork children from a server that imported the client (cold "
                           "controls and a warm-vs-cold fidelity test in every report)")
+    _service_options(how, services or {})
     stress = run.add_argument_group("stressors")
     stress.add_argument("--pin", metavar="CPUS", help="pin children to these CPUs (0 or 0-1)")
     stress.add_argument("--exit-delay", type=_argtype(_exit_delay, "--exit-delay"), metavar="S",
@@ -216,6 +237,12 @@ def _newest_campaign(root: Path) -> Path:
 def _plan_from_args(
     args: argparse.Namespace, config: dict[str, Any]
 ) -> tuple[dict[str, Any], set[str]]:
+    declared = {
+        key.removeprefix("service:"): value
+        for key, value in vars(args).items()
+        if key.startswith("service:") and value is not None
+    }
+    args.services = declared or None
     given = {key for key in _PLAN_KEYS if getattr(args, key, None) is not None}
     preset: dict[str, Any] = {}
     if args.preset:
@@ -256,6 +283,7 @@ def _plan_from_args(
         "until_halfwidth": pick("until_halfwidth"),
         "etcd": pick("etcd"),
         "valkey": pick("valkey"),
+        "services": pick("services"),
         "pin": pin,
         "exit_delay": pick("exit_delay"),
         "cores": pick("cores"),
@@ -320,22 +348,31 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]],
 
 def _cmd_list(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from shutdown_harness import discovery, strategies
+    from shutdown_harness.service_kinds import kinds
 
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    known = kinds(config)
     scenarios = [
         (info.name, ",".join(info.services) or "-", str(info.runs), f"{info.timeout:g}s",
          info.summary)
-        for info in discovery.builtin()
+        for info in discovery.builtin(services=known)
     ]
     named = [
         (strategy.name, " + ".join(strategy.requirements), strategy.mode, strategy.description)
         for strategy in strategies.resolve(list(config.get("strategies", {})), config)
+    ]
+    services = [
+        (name, kind.env_var, " ".join(kind.modes()) + " HOST:PORT",
+         f"{'built in' if name in BUILTIN else 'declared'}: {kind.describe()}")
+        for name, kind in known.items()
     ]
     print(_table("scenarios", ("name", "services", "runs", "timeout", "what it reproduces"),
                  scenarios, width))
     print()
     print(_table("strategies", ("name", "packages", "cleanup mode", "what it shows"), named,
                  width))
+    print()
+    print(_table("services", ("name", "exports", "modes", "what it is"), services, width))
     print()
     print("Inline strategies work too: 'etcd-client-py==0.5.1@atexit', "
           "'etcd-client-py==0.5.1+valkey-glide==2.6.0@explicit'.")
@@ -385,7 +422,14 @@ def _cmd_merge(args: argparse.Namespace, config: dict[str, Any]) -> int:
 def _cmd_doctor(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from shutdown_harness import doctor
 
-    return doctor.main()
+    return doctor.main(config)
+
+
+def _config_option(argv: list[str]) -> Path | None:
+    """`--config FILE` when given (before the parser exists: it adds declared services)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--config", type=Path)
+    return early.parse_known_args(argv)[0].config
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -394,11 +438,14 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        config = config_module.load(args.config)
+        from shutdown_harness.service_kinds import kinds
+
+        # The configuration first: its declared services are options of `run`.
+        config = config_module.load(_config_option(argv))
+        args = build_parser(kinds(config)).parse_args(argv)
         if args.command_name == "run":
             return _cmd_run(args, config, argv)
         handler = {

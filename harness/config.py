@@ -2,8 +2,9 @@
 
 The built-in defaults live in `harness/data/defaults.toml` (same shape as the pyproject table).
 The user's table is found in `./pyproject.toml` (or the file given with `--config`); its keys
-replace the defaults', except the `strategies`, `gates`, `clients` and `presets` tables, which
-are merged by name.
+replace the defaults', except the `strategies`, `gates`, `clients`, `presets` and `services`
+tables, which are merged by name. Declared services (`[tool.shutdown-harness.services.NAME]`)
+are checked here: a bad declaration is a one-line UsageError before anything runs.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from shutdown_harness.errors import UsageError
+from shutdown_harness.service_kinds import declared
 
 __all__ = ["load", "DEFAULTS_PATH"]
 
 DEFAULTS_PATH = Path(__file__).parent / "data" / "defaults.toml"
-_MERGED_TABLES = ("strategies", "gates", "clients", "presets")
+_MERGED_TABLES = ("strategies", "gates", "clients", "presets", "services")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -45,4 +47,5 @@ def load(path: Path | None = None) -> dict[str, Any]:
                 config[key] = {**config.get(key, {}), **value}
             else:
                 config[key] = value
+    declared(config)
     return config

@@ -3,8 +3,10 @@
 A scenario is read with ``ast``, never imported in the harness's process: its docstring gives
 the summary (first line) and description, and its module-level constants ``SERVICES``,
 ``RUNS`` and ``TIMEOUT`` give what it needs and its defaults (see docs/architecture.md for the
-contract). Whether the installed client can run it is asked in the strategy's own Python,
-through the child wrapper's ``--probe`` (``probe``).
+contract). A scenario without ``SERVICES`` needs none; the names it lists must be services the
+configuration knows (built in, or declared in ``[tool.shutdown-harness.services]``). Whether
+the installed client can run it is asked in the strategy's own Python, through the child
+wrapper's ``--probe`` (``probe``).
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import difflib
 import json
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from shutdown_harness import scenarios as _builtin_scenarios
 from shutdown_harness.errors import UsageError
+from shutdown_harness.service_kinds import BUILTIN
 
 __all__ = [
     "ScenarioInfo",
@@ -39,9 +42,10 @@ __all__ = [
 #: scenarios/ folder, wherever an install or an editable install maps it).
 BUILTIN_DIR = Path(_builtin_scenarios.__file__).resolve().parent
 CHILD = Path(__file__).resolve().parent / "child.py"
-KNOWN_SERVICES = ("etcd", "valkey")
-#: What a scenario file that does not say gets: this harness exists for etcd clients.
-DEFAULT_SERVICES: tuple[str, ...] = ("etcd",)
+#: The built-in service kinds (a configuration may declare more: service_kinds.kinds).
+KNOWN_SERVICES: tuple[str, ...] = tuple(BUILTIN)
+#: What a scenario file that does not say gets: no service.
+DEFAULT_SERVICES: tuple[str, ...] = ()
 DEFAULT_RUNS = 100
 DEFAULT_TIMEOUT = 30.0
 _PROBE_TIMEOUT_S = 120.0
@@ -96,8 +100,11 @@ def _literal(path: Path, name: str, node: ast.expr | None) -> object:
         raise UsageError(f"scenario {path}: {name} must be a literal value") from None
 
 
-def read(path: Path, name: str | None = None) -> ScenarioInfo:
-    """Read one scenario file (docstring and constants) without importing it."""
+def read(
+    path: Path, name: str | None = None, services: Collection[str] = KNOWN_SERVICES
+) -> ScenarioInfo:
+    """Read one scenario file (docstring and constants) without importing it; ``services``
+    are the service names it may list."""
     try:
         source = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -113,17 +120,18 @@ def read(path: Path, name: str | None = None) -> ScenarioInfo:
     summary, _, description = doc.partition("\n")
     constants = _constants(tree)
 
-    services = _literal(path, "SERVICES", constants.get("SERVICES"))
-    if services is None:
-        services = DEFAULT_SERVICES
-    if isinstance(services, str):
-        services = (services,)
-    if not isinstance(services, tuple | list) or not all(isinstance(s, str) for s in services):
+    needed = _literal(path, "SERVICES", constants.get("SERVICES"))
+    if needed is None:
+        needed = DEFAULT_SERVICES
+    if isinstance(needed, str):
+        needed = (needed,)
+    if not isinstance(needed, tuple | list) or not all(isinstance(s, str) for s in needed):
         raise UsageError(f"scenario {path}: SERVICES must be a tuple of service names")
-    unknown = [s for s in services if s not in KNOWN_SERVICES]
+    unknown = [s for s in needed if s not in services]
     if unknown:
         raise UsageError(
-            f"scenario {path}: unknown service {unknown[0]!r} (known: {', '.join(KNOWN_SERVICES)})"
+            f"scenario {path}: unknown service {unknown[0]!r} (known: {', '.join(services)};"
+            f" declare it in [tool.shutdown-harness.services.{unknown[0]}])"
         )
 
     runs = _literal(path, "RUNS", constants.get("RUNS"))
@@ -141,7 +149,7 @@ def read(path: Path, name: str | None = None) -> ScenarioInfo:
         path=path.absolute(),  # children run in their own folder
         summary=summary.strip(),
         description=description.strip(),
-        services=tuple(dict.fromkeys(services)),
+        services=tuple(dict.fromkeys(needed)),
         runs=runs,
         timeout=float(timeout),
     )
@@ -155,41 +163,50 @@ def _builtin_paths(folder: Path) -> dict[str, Path]:
     }
 
 
-def builtin(folder: Path = BUILTIN_DIR) -> list[ScenarioInfo]:
+def builtin(
+    folder: Path = BUILTIN_DIR, services: Collection[str] = KNOWN_SERVICES
+) -> list[ScenarioInfo]:
     """Every built-in scenario, by name (helper modules starting with ``_`` are skipped)."""
-    return [read(path) for path in _builtin_paths(folder).values()]
+    return [read(path, services=services) for path in _builtin_paths(folder).values()]
 
 
 def _looks_like_path(spec: str) -> bool:
     return spec.endswith(".py") or "/" in spec or os.sep in spec or spec.startswith(".")
 
 
-def _from_path(spec: str) -> ScenarioInfo:
+def _from_path(spec: str, services: Collection[str]) -> ScenarioInfo:
     path = Path(spec).expanduser()
     if path.suffix != ".py":
         raise UsageError(f"scenario {spec}: not a .py file")
     if not path.is_file():
         raise UsageError(f"scenario file not found: {spec}")
-    return read(path.resolve())
+    return read(path.resolve(), services=services)
 
 
-def _from_name(spec: str, known: Mapping[str, Path]) -> ScenarioInfo:
+def _from_name(spec: str, known: Mapping[str, Path], services: Collection[str]) -> ScenarioInfo:
     if spec in known:
-        return read(known[spec])
+        return read(known[spec], services=services)
     close = difflib.get_close_matches(spec, list(known), n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise UsageError(f"unknown scenario {spec!r}{hint}; `shutdown-harness list` shows them all")
 
 
-def resolve(specs: list[str], folder: Path = BUILTIN_DIR) -> list[ScenarioInfo]:
-    """Scenarios from names or paths (each item may be comma-separated), in order, once each."""
+def resolve(
+    specs: list[str], folder: Path = BUILTIN_DIR, services: Collection[str] = KNOWN_SERVICES
+) -> list[ScenarioInfo]:
+    """Scenarios from names or paths (each item may be comma-separated), in order, once each;
+    ``services``: the service names they may need (the built-in and declared kinds)."""
     known = _builtin_paths(folder)
     found: dict[str, ScenarioInfo] = {}
     for item in specs:
         for spec in (s.strip() for s in item.split(",")):
             if not spec:
                 continue
-            info = _from_path(spec) if _looks_like_path(spec) else _from_name(spec, known)
+            info = (
+                _from_path(spec, services)
+                if _looks_like_path(spec)
+                else _from_name(spec, known, services)
+            )
             previous = found.get(info.name)
             if previous is not None and previous.path != info.path:
                 raise UsageError(

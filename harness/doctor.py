@@ -11,12 +11,14 @@ import resource
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from shutdown_harness import containers, services
+from shutdown_harness import containers, service_kinds, services
 from shutdown_harness.errors import EXIT_OK
 
 __all__ = ["Check", "collect", "render", "main"]
@@ -68,6 +70,17 @@ def _binary(kind: str) -> Check:
     if version == "?":
         return Check(f"embedded {kind}", False, f"{binary} does not run", without)
     return Check(f"embedded {kind}", True, f"{kind} {version} at {binary}", without)
+
+
+def _declared(kind: service_kinds.ServiceKind) -> Check:
+    """A service of the project's own: is the program its command runs there?"""
+    name = f"service {kind.name}"
+    without = f"scenarios that need {kind.name} cannot start it: give --{kind.name} HOST:PORT"
+    try:
+        program = kind.program()
+    except service_kinds.ServiceError as e:
+        return Check(name, False, str(e), without)
+    return Check(name, True, f"{kind.describe()}; exports {kind.env_var}; {program}", without)
 
 
 def _core_dumps() -> Check:
@@ -122,9 +135,11 @@ def _uv() -> Check:
     return Check("uv", True, f"{version} at {path}", without)
 
 
-def collect() -> list[Check]:
-    """Every check, in the order shown."""
-    return [_engine(), _binary("etcd"), _binary("valkey"), _core_dumps(), _gdb(), _uv()]
+def collect(config: Mapping[str, Any] | None = None) -> list[Check]:
+    """Every check, in the order shown (declared services come from `config`)."""
+    own = [_declared(kind) for kind in service_kinds.declared(config or {}).values()]
+    builtin = [_binary(name) for name in service_kinds.BUILTIN]
+    return [_engine(), *builtin, *own, _core_dumps(), _gdb(), _uv()]
 
 
 def render(checks: list[Check], console: Console) -> None:
@@ -151,7 +166,7 @@ def render(checks: list[Check], console: Console) -> None:
     console.print(f"{len(checks) - len(missing)}/{len(checks)} usable; {summary}")
 
 
-def main() -> int:
+def main(config: Mapping[str, Any] | None = None) -> int:
     """Print the report; always exit 0 (a missing part is information, not an error)."""
-    render(collect(), Console(soft_wrap=True))
+    render(collect(config), Console(soft_wrap=True))
     return EXIT_OK

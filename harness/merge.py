@@ -27,8 +27,8 @@ from shutdown_harness.store import CAMPAIGN, RESULTS, Distinct, iter_records, re
 __all__ = ["merge", "check_compatible", "plan_key"]
 
 #: Plan keys that may differ between the shards of one campaign.
-_PER_MACHINE = frozenset({"shard", "jobs", "pin_cpus", "etcd", "valkey", "cores", "keep_cores",
-                          "keep_artifacts", "cores_per_signature"})
+_PER_MACHINE = frozenset({"shard", "jobs", "pin_cpus", "etcd", "valkey", "services", "cores",
+                          "keep_cores", "keep_artifacts", "cores_per_signature"})
 #: Strategy fields that define the experiment (the Python path differs between machines).
 _STRATEGY_KEYS = ("requirements", "mode", "cleanup", "sleep_s")
 _ARTIFACTS = "artifacts"

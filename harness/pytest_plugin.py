@@ -12,7 +12,7 @@ Two forms. The ``shutdown_stress`` fixture runs a scenario (a function, a scenar
             await asyncio.gather(*[c.put(f"k{i}".encode(), b"v") for i in range(50)])
 
     def test_no_crash_at_exit(shutdown_stress):
-        shutdown_stress.run(concurrent_puts, runs=90, max_rate=0.05)
+        shutdown_stress.run(concurrent_puts, runs=90, max_rate=0.05, services=("etcd",))
 
 With ``max_rate`` the test fails unless the upper end of the 95% (Wilson) interval of the
 failure rate (crash, error or hang; infra runs do not count) is below it, and the campaign
@@ -21,7 +21,7 @@ to judge (``result.assert_rate_below(0.05)``, ``result.rate``, ``result.signatur
 
 The marker runs the test function's own body (sync or ``async def``) in the children::
 
-    @pytest.mark.shutdown_stress(runs=90, max_rate=0.05)
+    @pytest.mark.shutdown_stress(runs=90, max_rate=0.05, services=("etcd",))
     async def test_no_crash_at_exit():
         ...                                     # the same body as above
 
@@ -30,10 +30,13 @@ children) but no fixtures. Markers on the class or module merge with the closest
 
 Where the children's Python comes from: ``strategy=`` (any strategy name or inline spec, e.g.
 ``"etcd-client-py==0.4.1"``, built once into a cached virtualenv), else ``--shutdown-strategy``,
-else the test session's own Python, so a project tests the build it has installed. The etcd
-(valkey) endpoint: ``services={"etcd": "HOST:PORT"}``, else ``--shutdown-etcd`` /
-``$SHUTDOWN_HARNESS_ETCD``, else an embedded server started once per test session (per xdist
-worker). A function body needs etcd unless ``services`` says otherwise (``services=()``: none).
+else the test session's own Python, so a project tests the build it has installed. A function
+body needs the services ``services`` names, and none without it (``services=("etcd",)``); a
+scenario file, those its ``SERVICES`` lists. A service is etcd, valkey, or one the project's
+pyproject.toml declares in ``[tool.shutdown-harness.services.NAME]``. Its endpoint:
+``services={"etcd": "HOST:PORT"}``, else ``--shutdown-etcd`` / ``--shutdown-valkey``, else the
+variable it exports (``$SHUTDOWN_HARNESS_ETCD``...) when set, else one started once per test
+session (per xdist worker) from the embedded binary or the declared command.
 
 The runs of one test go through the harness's own pool: ``jobs`` children at once, by default
 the usable CPUs divided among the pytest-xdist workers (``--shutdown-jobs`` overrides). Under
@@ -91,7 +94,6 @@ _MARKER = "shutdown_stress"
 _MARKER_KEYS = frozenset(
     {"runs", "max_rate", "strategy", "jobs", "timeout", "services", "exit_delay", "seed"}
 )
-_KNOWN_SERVICES = ("etcd", "valkey")
 _EXPIRES = pytest.StashKey[tuple[float, float]]()  # (time.monotonic() it expires, timeout)
 _SERVICES = pytest.StashKey["_SessionServices"]()
 
@@ -299,15 +301,16 @@ class _SessionServices:
     def __init__(self) -> None:
         self.started: dict[str, Any] = {}
 
-    def endpoint(self, kind: str) -> str:
-        service = self.started.get(kind)
+    def endpoint(self, kind: Any) -> str:
+        """``host:port`` of the session's service of this kind (a ServiceKind)."""
+        service = self.started.get(kind.name)
         if service is not None and not service.alive():
             service.stop()
             service = None
         if service is None:
             from shutdown_harness import services
 
-            service = self.started[kind] = services.start(kind, "embedded")
+            service = self.started[kind.name] = services.start(kind, "embedded")
         return str(service.endpoint)
 
     def stop(self) -> None:
@@ -367,18 +370,18 @@ class ShutdownStress:
         return base / str(self._count)
 
     def _endpoints(
-        self, needed: Iterable[str], given: Mapping[str, str | None]
+        self, needed: Iterable[str], given: Mapping[str, str | None], known: Mapping[str, Any]
     ) -> dict[str, str]:
         endpoints: dict[str, str] = {}
-        for kind in needed:
+        for name in needed:
             endpoint = (
-                given.get(kind)
-                or self._config.getoption(f"shutdown_{kind}", None)
-                or os.environ.get(f"SHUTDOWN_HARNESS_{kind.upper()}")
+                given.get(name)
+                or self._config.getoption(f"shutdown_{name}", None)
+                or os.environ.get(known[name].env_var)
             )
             if not endpoint or endpoint == "embedded":
-                endpoint = _session_services(self._config).endpoint(kind)
-            endpoints[kind] = endpoint
+                endpoint = _session_services(self._config).endpoint(known[name])
+            endpoints[name] = endpoint
         return endpoints
 
     def _config_with_host(self) -> dict[str, Any]:
@@ -410,8 +413,8 @@ class ShutdownStress:
 
         ``scenario``: a self-contained function (its body is one child's work; ``params`` are
         its keyword arguments, literal values), a built-in scenario name or a scenario ``.py``
-        path. ``services``: the services a function needs (``("etcd",)`` by default; ``()``
-        for none), or a mapping of service to ``HOST:PORT`` (None: the default endpoint).
+        path. ``services``: the services a function needs (none by default; ``("etcd",)``),
+        or a mapping of service to ``HOST:PORT`` (None: the default endpoint).
         """
         try:
             return self._run(
@@ -438,6 +441,7 @@ class ShutdownStress:
         params: Mapping[str, Any] | None,
     ) -> StressResult:
         from shutdown_harness import discovery
+        from shutdown_harness.service_kinds import BUILTIN, kinds
         from shutdown_harness.workflow import Campaign, new_plan, run
 
         if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
@@ -449,12 +453,17 @@ class ShutdownStress:
             given = dict(services)
         elif services is not None:
             given = dict.fromkeys(services)
-        unknown = sorted(set(given) - set(_KNOWN_SERVICES))
+        config = self._config_with_host()
+        known = kinds(config)
+        unknown = sorted(set(given) - set(known))
         if unknown:
-            raise UsageError(f"unknown service {unknown[0]!r} (known: etcd, valkey)")
+            raise UsageError(
+                f"unknown service {unknown[0]!r} (known: {', '.join(known)}; declare it in"
+                f" [tool.shutdown-harness.services.{unknown[0]}])"
+            )
         folder = self._folder()
         if callable(scenario):
-            needed = tuple(given) if services is not None else ("etcd",)
+            needed = tuple(given)
             # Beside tmp_path, never under --shutdown-out: pytest would collect test_*.py there.
             where = self._tmp / f"shutdown-stress-{self._count}-scenario"
             path = _scenario_from_function(scenario, where, needed, params)
@@ -463,10 +472,9 @@ class ShutdownStress:
             if params:
                 raise UsageError("params= is for function scenarios only")
             spec = str(scenario)
-        info = discovery.resolve([spec])[0]
-        endpoints = self._endpoints(info.services, given)
+        info = discovery.resolve([spec], services=known)[0]
+        endpoints = self._endpoints(info.services, given, known)
         strategy = strategy or self._config.getoption("shutdown_strategy", None) or HOST_STRATEGY
-        config = self._config_with_host()
         jobs = jobs or _default_jobs(self._config)
         plan = new_plan(
             scenarios=[spec],
@@ -477,6 +485,7 @@ class ShutdownStress:
             seed=seed,
             etcd=endpoints.get("etcd", "embedded"),
             valkey=endpoints.get("valkey", "embedded"),
+            services={k: v for k, v in endpoints.items() if k not in BUILTIN},
             exit_delay=exit_delay,
         )
         log = io.StringIO()

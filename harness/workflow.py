@@ -107,6 +107,7 @@ def new_plan(**settings: Any) -> dict[str, Any]:
         "until_halfwidth": None,
         "etcd": "auto",
         "valkey": "auto",
+        "services": {},  # declared services: {name: auto|embedded|HOST:PORT}
         "pin": None,
         "pin_cpus": None,
         "exit_delay": None,
@@ -175,19 +176,21 @@ def resolve_scenarios(c: Campaign) -> None:
     if c.plan.get("command"):
         return
     from shutdown_harness import discovery
+    from shutdown_harness.service_kinds import kinds
 
-    c.scenarios = discovery.resolve(c.plan["scenarios"])
+    c.scenarios = discovery.resolve(c.plan["scenarios"], services=kinds(c.config))
 
 
 def start_services(c: Campaign) -> None:
-    """Start (or check) etcd and valkey when the planned scenarios need them."""
+    """Start (or check) the services the planned scenarios declare, and only those."""
     needed = sorted({s for info in c.scenarios for s in info.services})
     if not needed:
         return
     from shutdown_harness import services
 
+    how = {**(c.plan.get("services") or {}), **{k: c.plan[k] for k in ("etcd", "valkey")}}
     c.services = services.ServiceSet(
-        {kind: c.plan.get(kind) or "auto" for kind in needed}, log=c.say
+        {name: how.get(name) or "auto" for name in needed}, config=c.config, log=c.say
     )
     c.services.start()
     c.endpoints = c.services.endpoints()
@@ -233,9 +236,7 @@ def plan_cells(c: Campaign) -> None:
     for info in c.scenarios:
         for name, strategy in c.strategies.items():
             python = c.pythons[name]
-            env = {**base_env}
-            for kind, endpoint in c.endpoints.items():
-                env[f"SHUTDOWN_HARNESS_{kind.upper()}"] = endpoint
+            env = {**base_env, **(c.services.env(info.services) if info.services else {})}
             reason = discovery.probe(info, python, env)
             if reason is not None:
                 c.not_applicable[f"{info.name}/{name}"] = reason

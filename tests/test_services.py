@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from shutdown_harness import services
+from shutdown_harness import service_kinds, services
 from shutdown_harness.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,7 +263,7 @@ def test_sanity_scenario_puts_and_reads_back_through_the_real_client(
     )  # fmt: skip
     assert done.returncode in (0, -signal.SIGSEGV, -signal.SIGABRT), done.stderr
     assert "ok" in done.stdout, done.stderr  # the work itself succeeded; exit is the client's
-    got = services._etcd_call(
+    got = service_kinds._etcd_call(
         etcd_endpoint,
         "/v3/kv/range",
         {"key": "c2h1dGRvd24taGFybmVzcy9zYW5pdHkvdC9zLzA="},  # shutdown-harness/sanity/t/s/0
