@@ -230,3 +230,54 @@ def test_list_wraps_the_last_column_on_a_terminal() -> None:
                                  "        six seven"]
     whole = _table("t", ("name", "what"), [("a", "one two three four five six seven")], None)
     assert whole.splitlines()[-1] == "  a     one two three four five six seven"
+
+
+# -- services a project declares -----------------------------------------------------------
+def _project(tmp_path: Path, web: str) -> Path:
+    (tmp_path / "pyproject.toml").write_text(
+        f"[tool.shutdown-harness.strategies.here]\npython = {json.dumps(sys.executable)}\n"
+        f"[tool.shutdown-harness.services.web]\n{web}\n"
+    )
+    (tmp_path / "get_web.py").write_text(
+        '"""GETs / from the web service."""\n'
+        "import os, urllib.request\nSERVICES = ('web',)\n"
+        "def main():\n"
+        "    urllib.request.urlopen(f\"http://{os.environ['SHUTDOWN_HARNESS_WEB']}/\").read()\n"
+    )
+    return tmp_path
+
+
+WEB = f'command = "{sys.executable} -m http.server {{port}} --bind 127.0.0.1"\nready = "http"'
+
+
+@pytest.mark.parametrize(
+    ("web", "message"),
+    [
+        ('ready = "http"', "missing command"),
+        ('command = "srv --port {port} --log {logdir}"', "unknown placeholder {logdir}"),
+        ('command = "srv {port}"\ntimeout = "soon"', "timeout must be a positive number"),
+    ],
+)
+def test_a_bad_declaration_is_exit_2_in_one_line_before_any_run(
+    tmp_path: Path, web: str, message: str
+) -> None:
+    folder = _project(tmp_path, web)
+    result = _harness("run", "--scenario", "get_web.py", "--strategy", "here", cwd=folder)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert not list(folder.glob("reports/*/results.jsonl"))
+
+
+def test_a_declared_service_is_listed_started_or_taken_from_its_option(tmp_path: Path) -> None:
+    folder = _project(tmp_path, WEB)
+    listed = _harness("list", cwd=folder)
+    assert listed.returncode == 0 and "SHUTDOWN_HARNESS_WEB" in listed.stdout
+    run = ("run", "--scenario", "get_web.py", "--strategy", "here", "--runs", "2", "--cores", "off")
+    started = _harness(*run, "--out", "a", cwd=folder)
+    assert started.returncode == 0, started.stderr
+    assert "web SimpleHTTP" in started.stdout and "ready at 127.0.0.1:" in started.stdout
+    assert [r["category"] for r in _records(folder / "a")] == ["clean", "clean"]
+    closed = _harness(*run, "--out", "b", "--web", "127.0.0.1:1", cwd=folder)
+    assert closed.returncode == 2 and "--web 127.0.0.1:1: not usable" in closed.stderr
+    wrong = _harness(*run, "--out", "c", "--web", "container", cwd=folder)
+    assert wrong.returncode == 2 and "no container image" in wrong.stderr

@@ -120,6 +120,9 @@ def test_declared_http_service_runs_on_loopback_is_checked_killed_and_restarted(
         assert _gone(pid) and not service.healthy()
         service.restart()
         assert service.healthy() and service.endpoint == endpoint and service.restarts == 1
+        with services.start(web, endpoint) as external:  # --web HOST:PORT: checked, not ours
+            assert external.mode == "external" and external.healthy()
+        assert service.healthy()
         new_pid = service.pid
     assert new_pid is not None and _gone(new_pid)
     assert not folder.exists()

@@ -162,3 +162,126 @@ def test_crashes_beyond_the_gdb_budget_get_the_signature_of_their_exemplars(
     assert "frames" in sources and sources <= {"frames", "inferred"}
     assert sum(r["signature_source"] == "frames" for r in records) >= 2
     assert not list((out / "artifacts").glob("*/core"))  # cores are not kept by default
+
+
+# -- services are what a scenario declares -------------------------------------------------
+NO_SERVICE = '''"""Imports the client, touches no server: a scenario without a SERVICES line."""
+import os
+
+def main():
+    told = [k for k in ("SHUTDOWN_HARNESS_ETCD", "SHUTDOWN_HARNESS_VALKEY") if k in os.environ]
+    assert not told, told
+    import etcd_client
+    print("imported", etcd_client.__name__)
+'''
+
+VALKEY_ONLY = '''"""valkey-glide against the harness's valkey, and nothing else."""
+import os
+SERVICES = ("valkey",)
+
+async def main():
+    assert "SHUTDOWN_HARNESS_ETCD" not in os.environ
+    from glide import GlideClient, GlideClientConfiguration, NodeAddress
+    host, port = os.environ["SHUTDOWN_HARNESS_VALKEY"].rsplit(":", 1)
+    client = await GlideClient.create(GlideClientConfiguration([NodeAddress(host, int(port))]))
+    key = "valkey-only/" + os.environ["SHUTDOWN_HARNESS_RUN_ID"]
+    await client.set(key, "v")
+    assert await client.get(key) == b"v"
+    await client.close()
+'''
+
+
+def test_a_scenario_without_services_starts_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("SHUTDOWN_HARNESS_ETCD", "SHUTDOWN_HARNESS_VALKEY"):
+        monkeypatch.delenv(name, raising=False)
+    scenario = tmp_path / "no_service.py"
+    scenario.write_text(NO_SERVICE)
+    out = tmp_path / "none"
+    campaign = _campaign(out, scenarios=[str(scenario)], runs=3, etcd="auto", valkey="auto")
+    assert run(campaign) == 0
+    assert campaign.services is None  # nothing was started, not even checked
+    log = campaign.stream.getvalue()  # type: ignore[attr-defined]
+    assert "starting " not in log and " ready at " not in log, log  # what ServiceSet says
+    assert json.loads((out / "campaign.json").read_text())["services"] == {}
+    records = list(iter_records(out))
+    assert [r["category"] for r in records] == ["clean"] * 3, records
+
+
+@pytest.mark.slow
+def test_a_valkey_only_scenario_gets_valkey_and_no_etcd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SHUTDOWN_HARNESS_ETCD", raising=False)
+    scenario = tmp_path / "valkey_only.py"
+    scenario.write_text(VALKEY_ONLY)
+    out = tmp_path / "valkey"
+    campaign = _campaign(
+        out, scenarios=[str(scenario)], strategies=["valkey-glide==2.6.0"], runs=4
+    )
+    assert run(campaign) == 0
+    described = json.loads((out / "campaign.json").read_text())["services"]
+    assert list(described) == ["valkey"] and described["valkey"]["mode"] == "embedded"
+    assert described["valkey"]["env"] == "SHUTDOWN_HARNESS_VALKEY"
+    records = list(iter_records(out))
+    assert len(records) == 4
+    # The work succeeds every time (no exception during it); a crash at exit is glide's own.
+    assert all(r["work_done"] and r["phase"] != "work" for r in records), records
+
+
+DECLARED_WEB = '''"""GETs / from the project's own HTTP server; run 2 kills the server first."""
+import os, signal, time, urllib.request
+SERVICES = ("web",)
+TIMEOUT = 20.0
+
+def _kill(port):
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+        except OSError:
+            continue
+        if b"http.server" in argv and port.encode() in argv:
+            os.kill(int(pid), signal.SIGKILL)
+            while os.path.exists(f"/proc/{pid}") and ") Z" not in open(f"/proc/{pid}/stat").read():
+                time.sleep(0.01)
+
+def main():
+    endpoint = os.environ["WEB_AT"]
+    if os.environ["SHUTDOWN_HARNESS_RUN_ID"].endswith("/2"):
+        _kill(endpoint.rsplit(":", 1)[1])
+    with urllib.request.urlopen(f"http://{endpoint}/", timeout=5) as reply:
+        assert reply.status == 200
+'''
+
+
+def _pyproject(tmp_path: Path) -> Path:
+    path = tmp_path / "pyproject.toml"
+    path.write_text(
+        "[tool.shutdown-harness.strategies.here]\n"
+        f"python = {json.dumps(sys.executable)}\n"
+        "[tool.shutdown-harness.services.web]\n"
+        f'command = "{sys.executable} -m http.server {{port}} --bind 127.0.0.1"\n'
+        'ready = "http"\n'
+        'path = "/"\n'
+        'env = "WEB_AT"\n'
+    )
+    return path
+
+
+def test_a_declared_service_killed_mid_campaign_is_infra_and_restarted(tmp_path: Path) -> None:
+    scenario = tmp_path / "web.py"
+    scenario.write_text(DECLARED_WEB)
+    out = tmp_path / "web"
+    campaign = Campaign(
+        plan=_plan(scenarios=[str(scenario)], strategies=["here"], runs=6, jobs=1),
+        out=out, resume=False, config=config_module.load(_pyproject(tmp_path)),
+        stream=io.StringIO(),
+    )
+    assert run(campaign) == 0
+    records = sorted(iter_records(out), key=lambda r: r["index"])
+    assert [r["category"] for r in records] == ["clean", "clean", "infra"] + ["clean"] * 3
+    assert records[2]["signature"] == "infra-service-down:web"
+    described = json.loads((out / "campaign.json").read_text())["services"]
+    assert list(described) == ["web"] and described["web"]["env"] == "WEB_AT"
+    assert "web went down; restarting it" in campaign.stream.getvalue()  # type: ignore[attr-defined]
