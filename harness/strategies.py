@@ -6,11 +6,15 @@ strategies come from the configuration (``[strategies.NAME]`` in harness/data/de
 ``[tool.shutdown-harness.strategies.NAME]`` in a pyproject.toml); anywhere a name is accepted an
 inline spec works too: requirements joined by ``+`` and an optional mode after ``@``, e.g.
 ``etcd-client-py==0.5.1+valkey-glide==2.6.0@explicit`` or ``etcd-client-py==0.4.1@sleep:0.5``.
+A mode's argument comes after its first colon: ``@sleep:0.5``, and for the ``explicit`` and
+``atexit`` modes the cleanup function of any package, ``@explicit:mypkg.cleanup:shutdown``
+(``cleanup = "mypkg.cleanup:shutdown"`` in a named strategy).
 
-Which function a client offers for ``explicit``/``atexit`` cleanup is data, not code: the
+Which function a known client offers for ``explicit``/``atexit`` cleanup is data, not code: the
 ``[clients."DISTRIBUTION"]`` table of the configuration names its module and cleanup function.
-Whether the installed version really has it is checked in the strategy's own Python before any
-run starts (``check_mode``).
+Whether the function can really be had is checked in the strategy's own Python before any run
+starts, with the scenario's folder first on the import path as the child has it
+(``check_mode``): a cleanup module may live next to the scenario.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import difflib
 import json
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,7 +60,8 @@ _REQUIREMENT = re.compile(
     rf"(?P<spec>{_VERSION_CLAUSE}(?:,{_VERSION_CLAUSE})*)?$"
 )
 _URL_REQUIREMENT = re.compile(rf"^(?P<name>{_NAME})\s*(?:\[[^\]]*\])?\s*@\s*\S+$")
-_MODE_SUFFIX = re.compile(r"^(?P<mode>[a-z-]+)(?::(?P<arg>[0-9.]+))?$")
+_MODE_SUFFIX = re.compile(r"^(?P<mode>[a-z-]+)(?::(?P<arg>[\w.:]+))?$")
+_CLEANUP = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,8 @@ def _check_requirement(requirement: str, where: str) -> None:
     raise UsageError(f"{where}: {requirement!r} is not a requirement (e.g. etcd-client-py==0.5.1)")
 
 
-def _mode(text: str, where: str) -> tuple[str, float]:
+def _mode(text: str, where: str) -> tuple[str, float, str | None]:
+    """``(mode, sleep_s, cleanup)`` from ``none``, ``sleep:0.5``, ``explicit:mod:func``..."""
     m = _MODE_SUFFIX.match(text.strip())
     mode = m.group("mode") if m else text
     if mode not in MODES:
@@ -117,13 +123,24 @@ def _mode(text: str, where: str) -> tuple[str, float]:
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise UsageError(f"{where}: unknown cleanup mode {mode!r}{hint}; modes: {', '.join(MODES)}")
     arg = m.group("arg") if m else None
-    if arg is not None and mode != "sleep":
-        raise UsageError(f"{where}: only the sleep mode takes a value (sleep:0.5)")
+    if arg is None:
+        return mode, DEFAULT_SLEEP_S, None
+    if mode in _CLEANUP_MODES:
+        if not _CLEANUP.fullmatch(arg):
+            raise UsageError(
+                f"{where}: {mode}:{arg} names no function: give {mode}:module:function"
+            )
+        return mode, DEFAULT_SLEEP_S, arg
+    if mode != "sleep":
+        raise UsageError(
+            f"{where}: mode {mode} takes no value (sleep:0.5, explicit:module:function and"
+            " atexit:module:function do)"
+        )
     try:
-        sleep_s = float(arg) if arg is not None else DEFAULT_SLEEP_S
+        sleep_s = float(arg)
     except ValueError:
         raise UsageError(f"{where}: bad sleep duration {arg!r}") from None
-    return mode, sleep_s
+    return mode, sleep_s, None
 
 
 def cleanup_for(requirements: tuple[str, ...], clients: Mapping[str, Any]) -> str | None:
@@ -145,16 +162,22 @@ def _finish(
     cleanup: str | None,
     description: str,
     config: Mapping[str, Any],
+    inline: bool = False,
 ) -> Strategy:
     if mode in _CLEANUP_MODES and cleanup is None:
         cleanup = cleanup_for(requirements, config.get("clients", {}))
         if cleanup is None:
             packages = " + ".join(requirements) or "the host Python's packages"
+            if inline:
+                how = f"name one: {'+'.join(requirements)}@{mode}:module:function"
+            else:
+                table = f"[tool.shutdown-harness.strategies.{name}]"
+                how = f'name one: cleanup = "module:function" in {table}'
             raise UsageError(
                 f"strategy {name}: mode {mode} needs a cleanup function, and none of"
-                f" {packages} has one (see [clients] in the configuration, or set cleanup)"
+                f" {packages} has a known one: {how}"
             )
-    if cleanup is not None and not re.fullmatch(r"[\w.]+:\w+", cleanup):
+    if cleanup is not None and not _CLEANUP.fullmatch(cleanup):
         raise UsageError(f"strategy {name}: cleanup must look like module:function")
     return Strategy(
         name=name,
@@ -193,18 +216,18 @@ def parse_inline(spec: str, config: Mapping[str, Any] | None = None) -> Strategy
     a local wheel or sdist named by its name-version, see ``_label``)."""
     text = spec.strip()
     where = f"strategy {spec}"
-    mode, sleep_s = "none", DEFAULT_SLEEP_S
+    mode, sleep_s, cleanup = "none", DEFAULT_SLEEP_S, None
     head, at, tail = text.rpartition("@")
     if at and _MODE_SUFFIX.match(tail.strip()) and not tail.startswith(("/", " ")):
         text = head
-        mode, sleep_s = _mode(tail, where)
+        mode, sleep_s, cleanup = _mode(tail, where)
     requirements = tuple(r.strip() for r in text.split("+"))
     if not text or any(not r for r in requirements):
         raise UsageError(f"{where}: empty requirement (join packages with +)")
     for requirement in requirements:
         _check_requirement(requirement, where)
-    return _finish(_label(spec, requirements), requirements, mode, sleep_s, None, None, "",
-                   config or {})
+    return _finish(_label(spec, requirements), requirements, mode, sleep_s, None, cleanup, "",
+                   config or {}, inline=True)
 
 
 def from_config(name: str, table: Mapping[str, Any], config: Mapping[str, Any]) -> Strategy:
@@ -225,7 +248,7 @@ def from_config(name: str, table: Mapping[str, Any], config: Mapping[str, Any]) 
     mode_text = table.get("mode", "none")
     if not isinstance(mode_text, str):
         raise UsageError(f"{where}: mode must be a string")
-    mode, sleep_s = _mode(mode_text, where)
+    mode, sleep_s, inline_cleanup = _mode(mode_text, where)
     if "sleep" in table:
         sleep = table["sleep"]
         if isinstance(sleep, bool) or not isinstance(sleep, int | float) or sleep < 0:
@@ -239,6 +262,9 @@ def from_config(name: str, table: Mapping[str, Any], config: Mapping[str, Any]) 
     cleanup = table.get("cleanup")
     if cleanup is not None and not isinstance(cleanup, str):
         raise UsageError(f"{where}: cleanup must be a 'module:function' string")
+    if cleanup is not None and inline_cleanup is not None and cleanup != inline_cleanup:
+        raise UsageError(f"{where}: mode names {inline_cleanup}, cleanup {cleanup}: keep one")
+    cleanup = cleanup or inline_cleanup
     description = str(table.get("description", ""))
     return _finish(
         name, tuple(requirements), mode, sleep_s, python, cleanup, description, config
@@ -286,6 +312,8 @@ def resolve(names_or_specs: list[str], config: Mapping[str, Any]) -> list[Strate
 
 _PROBE = """
 import importlib, json, sys
+if sys.argv[2:]:
+    sys.path[0:1] = sys.argv[2:3]  # the scenario's folder, first, as the child wrapper does
 module, _, attr = sys.argv[1].partition(":")
 try:
     found = callable(getattr(importlib.import_module(module), attr, None))
@@ -296,30 +324,38 @@ print(json.dumps({"found": found, "error": error}))
 """
 
 
-def check_mode(strategy: Strategy, python: Path) -> None:
-    """Raise UsageError when the strategy's Python lacks what its cleanup mode calls."""
+def check_mode(strategy: Strategy, python: Path, folders: Iterable[Path] = ()) -> None:
+    """Raise UsageError when the strategy's Python lacks what its cleanup mode calls.
+
+    ``folders``: the folders of the scenarios it will run; the function is looked up with each
+    first on the import path, as the child wrapper puts its scenario's folder (a cleanup module
+    may live next to the scenario). No folder: the strategy's packages only."""
     if strategy.mode not in _CLEANUP_MODES:
         return
     if strategy.cleanup is None:  # from_config/parse_inline never let this through
         raise UsageError(f"strategy {strategy.name}: mode {strategy.mode} needs a cleanup")
-    try:
-        done = subprocess.run(
-            [str(python), "-c", _PROBE, strategy.cleanup],
-            capture_output=True,
-            text=True,
-            timeout=120,
+    for folder in list(dict.fromkeys(str(f) for f in folders)) or [None]:
+        try:
+            done = subprocess.run(
+                [str(python), "-c", _PROBE, strategy.cleanup, *([folder] if folder else [])],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            verdict = json.loads(done.stdout.strip().splitlines()[-1])
+        except (OSError, subprocess.TimeoutExpired, IndexError, json.JSONDecodeError) as e:
+            raise UsageError(f"strategy {strategy.name}: cannot run {python}: {e}") from None
+        if verdict["found"]:
+            continue
+        versions = _versions_text(strategy, python)
+        what = versions or "the installed packages"
+        notes = [f"looked in {folder} too"] if folder else []
+        notes += [verdict["error"]] if verdict["error"] else []
+        why = f" ({'; '.join(notes)})" if notes else ""
+        raise UsageError(
+            f"strategy {strategy.name}: mode {strategy.mode} calls {strategy.cleanup}(), which"
+            f" {what} does not have{why}"
         )
-        verdict = json.loads(done.stdout.strip().splitlines()[-1])
-    except (OSError, subprocess.TimeoutExpired, IndexError, json.JSONDecodeError) as e:
-        raise UsageError(f"strategy {strategy.name}: cannot run {python}: {e}") from None
-    if verdict["found"]:
-        return
-    versions = _versions_text(strategy, python)
-    why = f" ({verdict['error']})" if verdict["error"] else ""
-    raise UsageError(
-        f"strategy {strategy.name}: mode {strategy.mode} calls {strategy.cleanup}(), which"
-        f" {versions or 'the installed client'} does not have{why}"
-    )
 
 
 def _versions_text(strategy: Strategy, python: Path) -> str:

@@ -207,7 +207,7 @@ def prepare_strategies(c: Campaign) -> None:
             python = virtualenv.ensure(strategy, progress=lambda msg: c.say(f"  {msg}"))
         else:  # an existing interpreter with the client already installed
             python = Path(strategy.python or sys.executable)
-        strategies.check_mode(strategy, python)
+        strategies.check_mode(strategy, python, [info.path.parent for info in c.scenarios])
         c.strategies[strategy.name] = strategy
         c.pythons[strategy.name] = python
 

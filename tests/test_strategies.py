@@ -52,7 +52,14 @@ def test_parse_inline_defaults_sleep_value_and_extras() -> None:
     ("spec", "message"),
     [
         ("etcd-client-py==0.4.1@explict", r"cleanup mode 'explict' \(did you mean explicit"),
-        ("etcd-client-py==0.4.1@hard-exit:1", "only the sleep mode takes a value"),
+        ("etcd-client-py==0.4.1@hard-exit:1", "mode hard-exit takes no value"),
+        ("etcd-client-py==0.4.1@explicit:nocolon", "explicit:nocolon names no function"),
+        ("etcd-client-py==0.4.1@atexit:m:f:g", "names no function"),
+        (
+            "valkey-glide==2.6.0@explicit",
+            r"none of valkey-glide==2.6.0 has a known one: name one:"
+            r" valkey-glide==2.6.0@explicit:module:function",
+        ),
         ("etcd-client-py==0.4.1+", "empty requirement"),
         ("@atexit", "empty requirement"),
         ("etcd client==1", "is not a requirement"),
@@ -63,6 +70,17 @@ def test_parse_inline_errors_are_one_line(spec: str, message: str) -> None:
     with pytest.raises(UsageError, match=message) as e:
         strategies.parse_inline(spec, CONFIG)
     assert "\n" not in str(e.value)
+
+
+def test_inline_cleanup_function_of_any_package() -> None:
+    s = strategies.parse_inline("valkey-glide==2.6.0@explicit:my_hooks.glide:shutdown", CONFIG)
+    assert (s.mode, s.cleanup) == ("explicit", "my_hooks.glide:shutdown")
+    assert s.requirements == ("valkey-glide==2.6.0",)
+    assert s.child_args() == ["--mode", "explicit", "--cleanup", "my_hooks.glide:shutdown"]
+    # a known client's own function gives way to the one named
+    a = strategies.parse_inline("etcd-client-py==0.5.1@atexit:mine:stop", CONFIG)
+    assert (a.mode, a.cleanup) == ("atexit", "mine:stop")
+    assert a.name == "etcd-client-py==0.5.1@atexit:mine:stop"
 
 
 def test_local_wheel_path_is_a_requirement(tmp_path: Path) -> None:
@@ -140,6 +158,11 @@ def test_explicit_cleanup_overrides_the_clients_table() -> None:
     table = {"requirements": ["valkey-glide==2.6.0"], "mode": "atexit", "cleanup": "glide:stop"}
     s = strategies.from_config("g", table, CONFIG)
     assert s.cleanup == "glide:stop"
+    inline = {"requirements": ["valkey-glide==2.6.0"], "mode": "explicit:glide:stop"}
+    assert strategies.from_config("g", inline, CONFIG).cleanup == "glide:stop"
+    with pytest.raises(UsageError, match=r'cleanup = "module:function" in \[tool.shutdown'):
+        strategies.from_config("g", {"requirements": ["valkey-glide==2.6.0"], "mode": "atexit"},
+                               CONFIG)
 
 
 # -- the built-in defaults -----------------------------------------------------------------
@@ -190,6 +213,20 @@ def test_check_mode_refuses_a_release_without_the_function(pythons: dict[str, Pa
         " does not have",
     ):
         strategies.check_mode(strategy, pythons["0.4.1"])
+
+
+def test_check_mode_finds_a_cleanup_module_next_to_the_scenario(tmp_path: Path) -> None:
+    (tmp_path / "mymod.py").write_text("def shutdown():\n    pass\n")
+    strategy = strategies.from_config(
+        "s", {"python": sys.executable, "mode": "explicit", "cleanup": "mymod:shutdown"}, CONFIG
+    )
+    strategies.check_mode(strategy, Path(sys.executable), [tmp_path, tmp_path])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(UsageError, match=f"looked in {elsewhere} too; ModuleNotFoundError"):
+        strategies.check_mode(strategy, Path(sys.executable), [tmp_path, elsewhere])
+    with pytest.raises(UsageError, match="ModuleNotFoundError"):
+        strategies.check_mode(strategy, Path(sys.executable))  # no scenario: packages only
 
 
 def test_check_mode_names_a_missing_module(tmp_path: Path) -> None:

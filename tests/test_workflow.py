@@ -285,3 +285,38 @@ def test_a_declared_service_killed_mid_campaign_is_infra_and_restarted(tmp_path:
     described = json.loads((out / "campaign.json").read_text())["services"]
     assert list(described) == ["web"] and described["web"]["env"] == "WEB_AT"
     assert "web went down; restarting it" in campaign.stream.getvalue()  # type: ignore[attr-defined]
+
+
+# -- cleanup hooks of any package ----------------------------------------------------------
+MY_CLEANUP = '''"""A user's own cleanup hook, next to the scenario (in no installed package)."""
+
+def shutdown():
+    import etcd_client
+    etcd_client.cleanup_runtime()
+    print("my_cleanup.shutdown ran", flush=True)
+'''
+
+
+def test_a_cleanup_hook_next_to_the_scenario_runs_inline_and_named(tmp_path: Path) -> None:
+    scenario = tmp_path / "no_service.py"
+    scenario.write_text(NO_SERVICE)
+    (tmp_path / "my_cleanup.py").write_text(MY_CLEANUP)
+    config = config_module.load()
+    named = {"requirements": ["etcd-client-py==0.5.1"], "mode": "atexit",
+             "cleanup": "my_cleanup:shutdown"}
+    config["strategies"] = {**config["strategies"], "mine-atexit": named}
+    out = tmp_path / "hooks"
+    inline = "etcd-client-py==0.5.1@explicit:my_cleanup:shutdown"
+    campaign = Campaign(
+        plan=_plan(scenarios=[str(scenario)], strategies=[inline, "mine-atexit"], runs=2),
+        out=out, resume=False, config=config, stream=io.StringIO(),
+    )
+    assert run(campaign) == 0
+    records = list(iter_records(out))
+    assert sorted(r["strategy"] for r in records) == [inline, inline, "mine-atexit", "mine-atexit"]
+    for record in records:
+        assert record["category"] == "clean", record
+        stdout = (out / record["artifacts"] / "stdout.txt").read_text()
+        assert "my_cleanup.shutdown ran" in stdout
+    cells = json.loads((out / "campaign.json").read_text())["cells"]
+    assert "--cleanup" in cells[f"no_service/{inline}"]["argv"]
