@@ -188,7 +188,7 @@ def start_services(c: Campaign) -> None:
         return
     from shutdown_harness import services
 
-    how = {**(c.plan.get("services") or {}), **{k: c.plan[k] for k in ("etcd", "valkey")}}
+    how = {**(c.plan.get("services") or {}), **{k: c.plan.get(k) for k in ("etcd", "valkey")}}
     c.services = services.ServiceSet(
         {name: how.get(name) or "auto" for name in needed}, config=c.config, log=c.say
     )
