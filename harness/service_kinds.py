@@ -354,7 +354,7 @@ class Declared(ServiceKind):
 
     def describe(self) -> str:
         check = f"GET {self.path}" if self.ready == "http" else "tcp connect"
-        line = shlex.join(self.command)
+        line = " ".join(self.command)
         return f"{self.summary + ': ' if self.summary else ''}{line} (ready: {check})"
 
 
