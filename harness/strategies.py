@@ -334,7 +334,8 @@ def check_mode(strategy: Strategy, python: Path, folders: Iterable[Path] = ()) -
         return
     if strategy.cleanup is None:  # from_config/parse_inline never let this through
         raise UsageError(f"strategy {strategy.name}: mode {strategy.mode} needs a cleanup")
-    for folder in list(dict.fromkeys(str(f) for f in folders)) or [None]:
+    candidates: list[str | None] = [*dict.fromkeys(str(f) for f in folders)]
+    for folder in candidates or [None]:
         try:
             done = subprocess.run(
                 [str(python), "-c", _PROBE, strategy.cleanup, *([folder] if folder else [])],
