@@ -7,8 +7,10 @@ Exit codes: 0 success; 1 a gate or threshold failed; 2 bad input or an unusable 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
-import random
+import math
+import os
 import shutil
 import signal
 import sys
@@ -70,6 +72,8 @@ def _number(kind: type[int] | type[float], minimum: float, strict: bool) -> Any:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not math.isfinite(value):  # nan never fires a timeout, inf cannot be stored
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
         if value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"must be {bound}, not {text}")
         return value
@@ -119,6 +123,92 @@ def _halfwidth(text: str) -> float:
     from shutdown_harness.stats import parse_halfwidth
 
     return parse_halfwidth(text)
+
+
+#: How each preset key is checked (the same parsers as the options'), by argparse dest.
+_PRESET_TYPES: dict[str, Callable[[str], Any]] = {
+    "runs": _positive_int,
+    "jobs": _argtype(parse_jobs, "--jobs"),
+    "timeout": _positive_float,
+    "seed": _number(int, -(1 << 63), strict=False),
+    "until_halfwidth": _argtype(_halfwidth, "--until-halfwidth"),
+    "exit_delay": _argtype(_exit_delay, "--exit-delay"),
+    "keep_artifacts": _non_negative_int,
+    "cores_per_signature": _non_negative_int,
+}
+_PRESET_TEXT = ("shard", "pin", "etcd", "valkey", "cores")
+_PRESET_FLAGS = ("keep_cores", "no_faulthandler", "warm")
+
+
+def _checked_preset(name: str, table: Any) -> dict[str, Any]:
+    """A preset's table with its values checked (and numbers parsed) as the options are."""
+    where = f"[tool.shutdown-harness.presets.{name}]"
+    if not isinstance(table, dict):
+        raise UsageError(f"{where} must be a table")
+    preset: dict[str, Any] = {}
+    for raw_key, value in table.items():
+        key = raw_key.replace("-", "_")
+        if key in _PRESET_TYPES:
+            if isinstance(value, bool | dict | list):
+                raise UsageError(f"{where} {raw_key} = {value!r}: not a valid value")
+            try:
+                value = _PRESET_TYPES[key](str(value))
+            except argparse.ArgumentTypeError as e:
+                raise UsageError(f"{where} {raw_key} = {value!r}: {e}") from None
+        elif key in _PRESET_FLAGS and not isinstance(value, bool):
+            raise UsageError(f"{where} {raw_key} = {value!r}: must be true or false")
+        elif key in _PRESET_TEXT and not isinstance(value, str):
+            raise UsageError(f"{where} {raw_key} = {value!r}: must be a string")
+        elif key in ("scenarios", "strategies"):
+            _string_list(f"{where} {raw_key}", value, single=True)
+        preset[key] = value
+    return preset
+
+
+def _string_list(where: str, value: Any, single: bool = False) -> list[str]:
+    """``value`` as a list of strings (a single string too when ``single``), else UsageError."""
+    if single and isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"{where} = {value!r}: must be a list of names")
+    return value
+
+
+def _command_argv(command: str) -> list[str]:
+    """``--command`` split as a shell would, with a program that exists (else UsageError)."""
+    import shlex
+
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise UsageError(f"--command {command!r}: {e}") from None
+    if not argv:
+        raise UsageError("--command is empty")
+    program = argv[0]
+    if "/" in program:
+        found = os.path.isfile(program) and os.access(program, os.X_OK)
+    else:
+        found = shutil.which(program) is not None
+    if not found:
+        where = "" if "/" in program else " on PATH"
+        raise UsageError(f"--command: no program {program!r}{where}")
+    return argv
+
+
+def _plan_seed(plan: dict[str, Any]) -> int:
+    """The default seed: a function of what the plan runs (not of the shard or the machine),
+    so that shards started with the same arguments merge; ``--seed`` draws another."""
+    import hashlib
+
+    from shutdown_harness.merge import plan_key
+
+    experiment = {k: v for k, v in plan_key({"plan": plan})["plan"].items() if k != "seed"}
+    digest = hashlib.sha256(json.dumps(experiment, sort_keys=True, default=str).encode())
+    return int.from_bytes(digest.digest()[:4], "big") >> 1
+
+
+def _listed(value: Any) -> list[str] | None:
+    return [value] if isinstance(value, str) else value
 
 
 def _csv(values: list[str] | None) -> list[str] | None:
@@ -249,7 +339,7 @@ def _plan_from_args(
         presets = config.get("presets", {})
         if args.preset not in presets:
             raise UsageError(f"unknown --preset {args.preset!r} (known: {', '.join(presets)})")
-        preset = {k.replace("-", "_"): v for k, v in presets[args.preset].items()}
+        preset = _checked_preset(args.preset, presets[args.preset])
 
     def pick(key: str, default: Any = None) -> Any:
         value = getattr(args, key, None)
@@ -261,13 +351,15 @@ def _plan_from_args(
         raise UsageError("--command and --scenario exclude each other")
     if args.command is not None and args.strategy:
         raise UsageError("--command runs as it is: --strategy does not apply")
-    if args.command is not None and not args.command.strip():
-        raise UsageError("--command is empty")
-    scenarios = _csv(args.scenario) or _csv(preset.get("scenarios")) or config.get(
-        "default-scenarios", ["sanity"]
+    if args.command is not None:
+        _command_argv(args.command)
+    scenarios = _csv(args.scenario) or _csv(_listed(preset.get("scenarios"))) or _string_list(
+        "[tool.shutdown-harness] default-scenarios", config.get("default-scenarios", ["sanity"])
     )
-    strategies = _csv(args.strategy) or _csv(preset.get("strategies")) or config.get(
-        "default-strategies", [config.get("default-strategy", "etcd-0.5.1")]
+    default_strategy = config.get("default-strategy", "etcd-0.5.1")
+    strategies = _csv(args.strategy) or _csv(_listed(preset.get("strategies"))) or _string_list(
+        "[tool.shutdown-harness] default-strategies",
+        config.get("default-strategies", [default_strategy]),
     )
     from shutdown_harness.plan import parse_shard
     from shutdown_harness.workflow import new_plan
@@ -278,7 +370,7 @@ def _plan_from_args(
         "runs": pick("runs"),
         "jobs": pick("jobs"),
         "timeout": pick("timeout"),
-        "seed": pick("seed", random.randrange(1 << 31)),
+        "seed": pick("seed"),
         "shard": list(shard) if shard else None,
         "until_halfwidth": pick("until_halfwidth"),
         "etcd": pick("etcd"),
@@ -303,6 +395,8 @@ def _plan_from_args(
         strategies=None if args.command is not None else strategies,
         **{key: value for key, value in chosen.items() if value is not None},
     )
+    if chosen["seed"] is None:
+        plan["seed"] = _plan_seed(plan)
     rename = {"scenario": "scenarios", "strategy": "strategies", "no_faulthandler": "faulthandler"}
     return plan, {rename.get(k, k) for k in given}
 
@@ -311,6 +405,9 @@ def _cmd_run(args: argparse.Namespace, config: dict[str, Any], argv: Sequence[st
     from shutdown_harness.workflow import Campaign, run
 
     plan, given = _plan_from_args(args, config)
+    from shutdown_harness.gates import parse_gates
+
+    parse_gates(config.get("gates"))  # a bad gate is said now, not after the campaign
     if args.out is not None:
         out = args.out
     elif args.resume:
@@ -464,3 +561,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("shutdown-harness: interrupted\n")
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        sys.stderr.write(f"shutdown-harness: error: no space left on the device{where}: what is"
+                         " written stays readable (report, merge, --resume)\n")
+        return EXIT_USAGE

@@ -43,7 +43,12 @@ def load(path: Path | None = None) -> dict[str, Any]:
     if path is not None:
         user = _read_toml(path).get("tool", {}).get("shutdown-harness", {})
         for key, value in user.items():
-            if key in _MERGED_TABLES and isinstance(value, dict):
+            if key in _MERGED_TABLES:
+                if not isinstance(value, dict) or (key != "gates" and not all(
+                    isinstance(v, dict) for v in value.values()
+                )):  # gates are checked by harness/gates.py (a gate can be a list)
+                    raise UsageError(f"{path}: [tool.shutdown-harness] {key} must be a table"
+                                     f" of tables ([tool.shutdown-harness.{key}.NAME])")
                 config[key] = {**config.get(key, {}), **value}
             else:
                 config[key] = value

@@ -91,12 +91,22 @@ class Engine:
         return {"environment": {"DOCKER_HOST": self.url}, "version": self.api_version}
 
 
-def _candidate_urls() -> list[str]:
+def _candidate_urls(skipped: list[str] | None = None) -> list[str]:
+    """``DOCKER_HOST``, or the usual sockets that are owned by this user or root (a socket in a
+    world-writable folder such as /tmp could be anyone's engine); ``skipped`` gets the others."""
     if os.environ.get("DOCKER_HOST"):
         return [os.environ["DOCKER_HOST"]]
     xdg = os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")
-    paths = [p.format(xdg=xdg) for p in _FALLBACK_SOCKETS]
-    return [f"unix://{p}" for p in paths if Path(p).is_socket()]
+    urls = []
+    for path in (p.format(xdg=xdg) for p in _FALLBACK_SOCKETS):
+        if not Path(path).is_socket():
+            continue
+        owner = os.stat(path).st_uid
+        if owner in (0, os.getuid()):
+            urls.append(f"unix://{path}")
+        elif skipped is not None:
+            skipped.append(f"{path} (owned by uid {owner}, not trusted: name it in DOCKER_HOST)")
+    return urls
 
 
 def docker_client(url: str, api_version: str = "auto", timeout: float = 120.0) -> DockerClient:
@@ -136,8 +146,11 @@ def _ping(url: str, timeout: float) -> Engine:
 
 def find_engine(timeout: float = 10.0) -> tuple[Engine | None, str]:
     """The engine to use and a one-line account; `(None, why)` when none answers."""
-    urls = _candidate_urls()
+    skipped: list[str] = []
+    urls = _candidate_urls(skipped)
     if not urls:
+        if skipped:
+            return None, f"DOCKER_HOST is not set and no socket is trusted: {'; '.join(skipped)}"
         return None, "DOCKER_HOST is not set and no Docker or Podman socket exists"
     problems = []
     for url in urls:

@@ -26,6 +26,7 @@ from shutdown_harness import MARKER, stressors
 from shutdown_harness.classify import classify, needs_backtrace
 from shutdown_harness.cores import CoreBudget, core_dump_unavailable, gdb_available, run_gdb
 from shutdown_harness.engine import Exit, Job
+from shutdown_harness.errors import UsageError
 from shutdown_harness.plan import RunSpec
 from shutdown_harness.progress import ProgressView
 from shutdown_harness.schema import Verdict, record_fields
@@ -290,7 +291,10 @@ class Recorder:
         """Flush every FLUSH_EVERY: the bound on how long a record waits to be on disk."""
         while not self._closing.wait(FLUSH_EVERY):
             with self.lock:
-                self._flush()
+                try:
+                    self._flush()
+                except UsageError:
+                    return  # a write failed (a full disk): the next record or close says so
 
     def close(self) -> None:
         """Wait for the backtraces still being analysed, then flush and count every record."""

@@ -2,7 +2,15 @@
 
 Every finished run becomes one JSON line, written and flushed the moment it is known, so a
 campaign killed at any point (even by SIGKILL) keeps every run it finished. ``--resume`` reads
-the run ids back, drops a torn last line, and the plan skips what is already there.
+the run ids back, cuts a torn last line (one without its newline: a write the harness could
+not finish) before it appends, and the plan skips what is already there; any other line that is
+not a record is an error, and the file is left as it was.
+
+One harness at a time writes a folder: it holds an exclusive lock (``flock`` on
+:data:`LOCK`, which names its pid) from the moment it opens the folder until it closes it; a
+second one is refused. A write that fails (a full disk) stops every later write, so the file
+never gets a torn line in its middle: what is there stays readable by ``report``, ``merge``
+and ``--resume``.
 
 Artifacts (full stdout, stderr, backtrace, core) are kept for the first few runs of each
 (scenario, strategy, signature); the other runs keep only the ``stderr_tail`` in their record,
@@ -11,6 +19,8 @@ so disk use is bounded whatever the number of runs.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -31,11 +41,14 @@ __all__ = [
     "iter_records",
     "Distinct",
     "artifact_dir_name",
+    "write_failed",
+    "LOCK",
 ]
 
 CAMPAIGN = "campaign.json"
 RESULTS = "results.jsonl"
 ARTIFACTS = "artifacts"
+LOCK = ".lock"
 
 
 def artifact_dir_name(run_id: str) -> str:
@@ -55,6 +68,8 @@ def read_campaign(folder: Path, missing_ok: bool = False) -> dict[str, Any]:
         raise UsageError(f"cannot read {path}: {e}") from None
     if not isinstance(campaign, dict):
         raise UsageError(f"{path} is not a JSON object")
+    if not isinstance(campaign.get("plan"), dict):
+        raise UsageError(f"{path} has no plan (not written by shutdown-harness run)")
     return campaign
 
 
@@ -109,19 +124,41 @@ class _TornLine(Exception):
 
 
 def _parse(path: Path, lineno: int, line: bytes, *, last: bool) -> dict[str, Any]:
+    # A torn write is the last line without its newline (every record is written with it, and
+    # its JSON holds no raw newline); a complete line that is not a record was damaged.
+    torn = last and not line.endswith(b"\n")
     try:
         record = json.loads(line)
     except ValueError:
-        if last:
+        if torn:
             raise _TornLine from None
         raise UsageError(f"{path}:{lineno}: not a JSON record") from None
     if not isinstance(record, dict) or not all(
         isinstance(record.get(k), str) for k in ("run_id", "scenario", "strategy", "category")
     ):
-        if last and not line.endswith(b"\n"):
+        if torn:
             raise _TornLine
         raise UsageError(f"{path}:{lineno}: a record needs run_id, scenario, strategy, category")
     return record
+
+
+def _full(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_failed(path: Path, e: OSError) -> UsageError:
+    """The one-line error for a write that failed (a full disk says so, and what is kept)."""
+    if _full(e):
+        return UsageError(f"no space left on the device of {path}: the records written so far"
+                          " are kept; free some space, then run --resume")
+    return UsageError(f"cannot write {path}: {e.strerror or e}")
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -158,36 +195,81 @@ class ResultStore:
         self._file: IO[str] | None = None
         self._kept: Counter[tuple[str, str, str]] = Counter()
         self.done: set[str] = set()
+        self._lockfd = -1
+        #: Set once a write failed: nothing more is written (see the module docstring).
+        self.failed: UsageError | None = None
 
     # -- opening -------------------------------------------------------------------------
     def check_new(self) -> None:
-        """The folder can hold a new campaign: writable, and no campaign in it yet."""
+        """The folder can hold a new campaign: writable, and no campaign in it yet (then this
+        store holds the folder's lock)."""
         self._make_folder()
         if (self.folder / CAMPAIGN).exists() or (self.folder / RESULTS).exists():
             raise UsageError(
                 f"{self.folder} already holds a campaign: add --resume, or choose another --out"
             )
+        self.lock()
 
     def create(self, campaign: dict[str, Any]) -> None:
         """Start a new campaign in ``folder`` (which must not hold one already)."""
         self.check_new()
         tmp = self.folder / (CAMPAIGN + ".tmp")
-        tmp.write_text(json.dumps(campaign, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.folder / CAMPAIGN)
+        try:
+            tmp.write_text(json.dumps(campaign, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, self.folder / CAMPAIGN)
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise write_failed(self.folder / CAMPAIGN, e) from None
         self._open()
 
     def resume(self) -> dict[str, Any]:
-        """Reopen an existing campaign; returns its campaign.json and fills :attr:`done`."""
+        """Reopen an existing campaign; returns its campaign.json and fills :attr:`done`.
+
+        Every line is read before anything is written: a damaged one is a UsageError and the
+        file stays as it was; only then is a torn last line cut.
+        """
+        if not (self.folder / CAMPAIGN).exists():
+            read_campaign(self.folder)  # says what is missing
+        self.lock()
         campaign = read_campaign(self.folder)
         results = self.folder / RESULTS
         if results.exists():
-            _drop_torn_tail(results)
             for record in iter_records(self.folder):
                 self.done.add(record["run_id"])
                 if record.get("artifacts"):
                     self._kept[self._artifact_key(record)] += 1
+            try:
+                _drop_torn_tail(results)
+            except OSError as e:
+                raise write_failed(results, e) from None
         self._open()
         return campaign
+
+    def lock(self) -> None:
+        """Hold the folder's exclusive lock until :meth:`close` (UsageError: another harness
+        holds it, and its pid is named)."""
+        if self._lockfd >= 0:
+            return
+        path = self.folder / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise UsageError(f"cannot lock {self.folder}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(
+                f"{self.folder} is in use by another shutdown-harness (pid {holder}):"
+                " wait for it to end, or use another --out"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the lock holds all the same, only the pid is not named
+        self._lockfd = fd
 
     def _make_folder(self) -> None:
         try:
@@ -204,26 +286,51 @@ class ResultStore:
             raise UsageError(f"cannot write {self.folder / RESULTS}: {e.strerror}") from None
 
     def close(self) -> None:
+        """Flush, close and give the folder's lock back (after a failed write: what could not
+        be written is dropped, as a torn tail that ``--resume`` cuts)."""
         with self._lock:
             if self._file is not None:
-                self._file.close()
+                try:
+                    self._file.close()
+                except OSError as e:
+                    self._fail(e)
                 self._file = None
+            if self._lockfd >= 0:
+                os.close(self._lockfd)  # the lock goes with it
+                self._lockfd = -1
+
+    def _fail(self, e: OSError) -> UsageError:
+        if self.failed is None:
+            self.failed = write_failed(self.folder / RESULTS, e)
+        return self.failed
 
     # -- writing -------------------------------------------------------------------------
     def append(self, record: dict[str, Any], flush: bool = True) -> None:
-        """Write one record (``flush=False``: buffered until :meth:`flush` or the next one)."""
+        """Write one record (``flush=False``: buffered until :meth:`flush` or the next one).
+
+        UsageError once a write failed (this one or an earlier one)."""
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
         with self._lock:
+            if self.failed is not None:
+                raise self.failed
             assert self._file is not None, "create() or resume() the store first"
-            self._file.write(line)
-            if flush:
-                self._file.flush()
+            try:
+                self._file.write(line)
+                if flush:
+                    self._file.flush()
+            except OSError as e:
+                raise self._fail(e) from None
             self.done.add(record["run_id"])
 
     def flush(self) -> None:
         with self._lock:
+            if self.failed is not None:
+                raise self.failed
             if self._file is not None:
-                self._file.flush()
+                try:
+                    self._file.flush()
+                except OSError as e:
+                    raise self._fail(e) from None
 
     @staticmethod
     def _artifact_key(record: dict[str, Any]) -> tuple[str, str, str]:
@@ -242,17 +349,21 @@ class ResultStore:
         """
         rel = f"{ARTIFACTS}/{artifact_dir_name(record['run_id'])}"
         target = self.folder / rel
-        target.mkdir(parents=True, exist_ok=True)
-        for name, source in files.items():
-            if isinstance(source, Path):
-                if not source.exists():
-                    continue
-                if name == "core":
-                    shutil.move(source, target / name)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for name, source in files.items():
+                if isinstance(source, Path):
+                    if not source.exists():
+                        continue
+                    if name == "core":
+                        shutil.move(source, target / name)
+                    else:
+                        shutil.copyfile(source, target / name)
                 else:
-                    shutil.copyfile(source, target / name)
-            else:
-                (target / name).write_text(source, encoding="utf-8", errors="replace")
+                    (target / name).write_text(source, encoding="utf-8", errors="replace")
+        except OSError as e:
+            with self._lock:
+                raise self._fail(e) from None
         with self._lock:
             self._kept[self._artifact_key(record)] += 1
         return rel

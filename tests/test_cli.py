@@ -281,3 +281,160 @@ def test_a_declared_service_is_listed_started_or_taken_from_its_option(tmp_path:
     assert closed.returncode == 2 and "--web 127.0.0.1:1: not usable" in closed.stderr
     wrong = _harness(*run, "--out", "c", "--web", "container", cwd=folder)
     assert wrong.returncode == 2 and "no container image" in wrong.stderr
+# -- issue 14: bad values, one harness per folder, merging shards, a full disk -------------
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--timeout", "nan"], "finite"),
+        (["--timeout", "inf"], "finite"),
+        (["--timeout", "-1"], "more than 0"),
+        (["--command", "'unbalanced"], "No closing quotation"),
+        (["--command", "no_such_program --flag"], "no program 'no_such_program'"),
+        (["--command", "./not/here.py"], "no program './not/here.py'"),
+    ],
+)
+def test_bad_run_values_are_refused_before_any_run(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    if "--command" not in args:
+        args = [*args, "--command", "true"]
+    result = _harness("run", *args, "--runs", "2", "--out", str(tmp_path / "c"), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert message in line and "Traceback" not in result.stderr
+    assert not (tmp_path / "c").exists()  # nothing ran, no folder
+
+
+@pytest.mark.parametrize(
+    "table, args, message",
+    [
+        ("strategies = 5", [], "strategies must be a table"),
+        ("default-scenarios = 7", ["--strategy", "etcd-0.5.1"], "default-scenarios = 7"),
+        ('[presets.x]\nruns = "abc"', ["--preset", "x", "--command", "true"],
+         "runs = 'abc': not a whole number"),
+        ("[presets.x]\ntimeout = nan", ["--preset", "x", "--command", "true"], "finite"),
+        ("[gates]\n'*' = { max_upper = 2 }", ["--command", "true"], "is a fraction"),
+        ("[gates]\n'*' = { maximum = 0.1 }", ["--command", "true"], "unknown key"),
+    ],
+)
+def test_bad_configuration_is_refused_before_any_run(
+    tmp_path: Path, table: str, args: list[str], message: str
+) -> None:
+    (tmp_path / "pyproject.toml").write_text(f"[tool.shutdown-harness]\n{table}\n".replace(
+        "[presets", "[tool.shutdown-harness.presets").replace(
+        "[gates", "[tool.shutdown-harness.gates"))
+    result = _harness("run", *args, "--runs", "2", "--out", str(tmp_path / "c"), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert message in line and "Traceback" not in result.stderr
+    assert not (tmp_path / "c" / "results.jsonl").exists()
+
+
+def test_a_campaign_file_without_a_plan_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "campaign.json").write_text('{"format": 1}')
+    (tmp_path / "c" / "results.jsonl").write_text("")
+    folder = str(tmp_path / "c")
+    for args in (["report", folder], ["run", "--resume", "--out", folder]):
+        result = _harness(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert "has no plan" in line
+
+
+def test_a_second_harness_on_a_folder_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    first = subprocess.Popen(
+        [*HARNESS, "run", "--command", "sleep 2", "--runs", "8", "--jobs", "1", "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "campaign.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = _harness("run", "--resume", "--out", str(out))
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+    assert second.returncode == 2, second.stdout
+    (line,) = second.stderr.strip().splitlines()
+    assert f"in use by another shutdown-harness (pid {first.pid})" in line
+    records = _records(out) if (out / "results.jsonl").exists() else []
+    assert len(records) == len({r["run_id"] for r in records}) < 8
+
+
+def test_shards_started_with_the_same_arguments_merge(tmp_path: Path) -> None:
+    command = f"{sys.executable} -c pass"
+    seeds = []
+    for i in (1, 2, 3):
+        out = tmp_path / f"s{i}"
+        result = _harness("run", "--command", command, "--runs", "6", "--shard", f"{i}/3",
+                          "--out", str(out), "--cores", "off")
+        assert result.returncode == 0, result.stderr
+        seeds.append(json.loads((out / "campaign.json").read_text())["plan"]["seed"])
+    assert len(set(seeds)) == 1
+    merged = _harness("merge", *(str(tmp_path / f"s{i}") for i in (1, 2, 3)),
+                      "--out", str(tmp_path / "all"))
+    assert merged.returncode == 0, merged.stderr
+    assert len({r["run_id"] for r in _records(tmp_path / "all")}) == 6
+    other = _harness("run", "--command", command, "--runs", "7", "--out", str(tmp_path / "o"),
+                     "--cores", "off")
+    assert json.loads((tmp_path / "o" / "campaign.json").read_text())["plan"]["seed"] != seeds[0]
+    assert other.returncode == 0
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 256 KiB tmpfs (needs root, or a user namespace that allows mounting)."""
+    where = tmp_path / "tiny"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_folder_stays_readable(
+    tmp_path: Path, tiny_disk: Path
+) -> None:
+    out = tiny_disk / "c"
+    # Each run fails with 2000 characters of stderr: its record is ~3 KB, 256 KiB fill up.
+    child = f"{sys.executable} -c \"import sys; sys.stderr.write('x' * 2000); sys.exit(3)\""
+    args = ["--command", child, "--runs", "400", "--jobs", "2", "--cores", "off",
+            "--keep-artifacts", "0"]
+    result = _harness("run", *args, "--out", str(out))
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "no space left" in line and "Traceback" not in result.stderr
+    kept = len([r for r in iter_records_of(out)])
+    assert 0 < kept < 400
+    again = _harness("run", "--resume", "--out", str(out))
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr
+    (line,) = again.stderr.strip().splitlines()
+    assert "no space left" in line
+    report = _harness("report", str(out), "--format", "json")
+    assert report.returncode in (0, 1), report.stderr
+    merged = _harness("merge", str(out), "--out", str(tmp_path / "merged"))
+    assert merged.returncode == 0, merged.stderr
+    # With room again, --resume finishes the plan: every run once.
+    subprocess.run(["mount", "-o", "remount,size=8m", str(tiny_disk)], check=True)
+    done = _harness("run", "--resume", "--out", str(out), timeout=600)
+    assert done.returncode == 0, done.stderr
+    ids = [r["run_id"] for r in _records(out)]
+    assert len(ids) == len(set(ids)) == 400
+
+
+def iter_records_of(folder: Path) -> list[dict]:
+    from shutdown_harness.store import iter_records
+
+    return list(iter_records(folder))
+
+
+def test_list_never_cuts_a_name_however_narrow() -> None:
+    from shutdown_harness.cli import _table
+
+    name = "lease_keepalive_at_exit_with_a_long_name"
+    text = _table("t", ("name", "what"), [(name, "one two three four")], 12)
+    assert any(line.split()[:1] == [name] for line in text.splitlines())

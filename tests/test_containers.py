@@ -171,3 +171,30 @@ def test_a_server_that_exits_at_start_is_reported_and_its_container_removed(
         assert [c.id for c in mine] == [etcd_container.container.id]  # type: ignore[union-attr]
     finally:
         client.close()
+
+
+def test_only_sockets_of_this_user_or_root_are_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = {}
+    for name, uid in (("mine.sock", os.getuid()), ("theirs.sock", 54321)):
+        path = tmp_path / name
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+        if uid != os.getuid():
+            if os.getuid() != 0:
+                pytest.skip("chown to another user needs root")
+            os.chown(path, uid, -1)
+        paths[name] = str(path)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    both = (paths["theirs.sock"], paths["mine.sock"])
+    monkeypatch.setattr(containers, "_FALLBACK_SOCKETS", both)
+    skipped: list[str] = []
+    assert containers._candidate_urls(skipped) == [f"unix://{paths['mine.sock']}"]
+    assert skipped and "uid 54321" in skipped[0]
+    monkeypatch.setattr(containers, "_FALLBACK_SOCKETS", (paths["theirs.sock"],))
+    engine, why = containers.find_engine(timeout=1)
+    assert engine is None and "not trusted" in why and "DOCKER_HOST" in why
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{paths['theirs.sock']}")  # named: trusted
+    assert containers._candidate_urls() == [f"unix://{paths['theirs.sock']}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,36 @@ def test_unwritable_out_is_a_usage_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(UsageError, match="cannot create --out"):
         ResultStore(blocker / "sub").check_new()
+
+
+def test_one_store_at_a_time_holds_a_folder(tmp_path: Path) -> None:
+    first = ResultStore(tmp_path)
+    first.create({"plan": {}})
+    holder = f"in use by another shutdown-harness \\(pid {os.getpid()}\\)"
+    with pytest.raises(UsageError, match=holder):
+        ResultStore(tmp_path).resume()
+    first.close()  # the lock goes with it
+    again = ResultStore(tmp_path)
+    again.resume()
+    again.close()
+
+
+def test_resume_refuses_a_damaged_last_line_and_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    store.create({"plan": {}})
+    store.append(_record(0))
+    store.close()
+    with (tmp_path / RESULTS).open("a") as f:
+        f.write("{garbage not json}\n")  # a whole line, not a torn write
+    before = (tmp_path / RESULTS).read_bytes()
+    with pytest.raises(UsageError, match=":2: not a JSON record"):
+        ResultStore(tmp_path).resume()
+    with pytest.raises(UsageError, match=":2: not a JSON record"):
+        list(iter_records(tmp_path))  # report and merge say the same
+    assert (tmp_path / RESULTS).read_bytes() == before
+
+
+def test_a_campaign_file_without_a_plan_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "campaign.json").write_text('{"format": 1}')
+    with pytest.raises(UsageError, match="has no plan"):
+        ResultStore(tmp_path).resume()
