@@ -101,7 +101,7 @@ def _argtype(parse: Callable[[str], Any], option: str) -> Callable[[str], Any]:
 
 
 def _service_how(kind: str | ServiceKind) -> Callable[[str], str]:
-    """``--etcd``/``--valkey``/``--NAME``: checked by `harness.services`, imported only when given
+    """``--etcd``/``--valkey``/``--NAME``: checked by `harness.services`, imported only when
     given (services and containers were 40 ms of the CLI's 70 ms of imports, -X importtime)."""
 
     def validate(text: str) -> str:
