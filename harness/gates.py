@@ -34,7 +34,8 @@ gate of that cell also gets a failing ``fidelity`` check.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,8 @@ from shutdown_harness import stats
 from shutdown_harness.aggregate import FIDELITY_ALPHA, Aggregate, Cell
 from shutdown_harness.errors import UsageError
 
-__all__ = ["THRESHOLDS", "Gate", "GateResult", "parse_gates", "evaluate", "unmatched"]
+__all__ = ["THRESHOLDS", "Gate", "GateResult", "parse_gates", "evaluate", "unmatched",
+           "runs_to_pass", "unreachable"]
 
 THRESHOLDS = ("max_upper", "max_rate", "min_lower", "max_failures", "min_runs")
 _FILTERS = ("scenario", "signature", "confidence")
@@ -195,3 +197,59 @@ def _check(gate: Gate, cell: Cell) -> list[GateResult]:
             msg = f"{n} runs (infra excluded), at least {limit:g} needed"
         out.append(GateResult(gate, cell, name, limit, observed, passed, msg))
     return out
+
+
+def runs_to_pass(threshold: str, limit: float, confidence: float = stats.CONFIDENCE) -> int | None:
+    """The fewest runs per cell with which ``threshold`` can pass at all: without a single
+    failure for ``max_upper``, with every run failing for ``min_lower`` (0: any number; None:
+    no number of runs). E.g. max_upper = 0.05 needs 73 clean runs: 40 bound the rate at 8.8%."""
+    if threshold == "min_runs":
+        return math.ceil(limit)
+    if threshold not in ("max_upper", "min_lower"):
+        return 0
+    if (threshold == "max_upper" and limit <= 0) or (threshold == "min_lower" and limit >= 1):
+        return None
+
+    def passes(n: int) -> bool:
+        if threshold == "max_upper":
+            return stats.wilson_interval(0, n, confidence)[1] < limit
+        return stats.wilson_interval(n, n, confidence)[0] > limit
+
+    n = 1
+    while not passes(n):  # doubling, then bisection: a handful of interval evaluations
+        n *= 2
+    low = n // 2
+    while low + 1 < n:
+        mid = (low + n) // 2
+        low, n = (low, mid) if passes(mid) else (mid, n)
+    return n
+
+
+def unreachable(gates: list[Gate] | Mapping[str, Any] | None,
+                cells: Iterable[tuple[str, str, int]]) -> list[str]:
+    """What no outcome can pass, before any run: one line per (gate threshold, cell) whose
+    planned ``runs`` are too few (cells as (scenario, strategy, runs))."""
+    if gates is None or isinstance(gates, Mapping):
+        gates = parse_gates(gates)
+    lines = []
+    for scenario, strategy, runs in cells:
+        for gate in gates:
+            if not (fnmatch.fnmatchcase(strategy, gate.pattern)
+                    and fnmatch.fnmatchcase(scenario, gate.scenario)):
+                continue
+            for name, limit in gate.thresholds:
+                needed = runs_to_pass(name, limit, gate.confidence)
+                if needed is None or runs < needed:
+                    lines.append(f"gate {gate.name} cannot pass for {scenario} / {strategy}"
+                                 f" with {runs} runs: {_needs(name, needed)}")
+    return lines
+
+
+def _needs(threshold: str, needed: int | None) -> str:
+    if needed is None:
+        return "no number of runs can"
+    if threshold == "max_upper":
+        return f"it needs {needed} runs without a failure"
+    if threshold == "min_lower":
+        return f"it needs {needed} runs, all failing"
+    return f"it needs {needed} runs"

@@ -448,6 +448,8 @@ class ShutdownStress:
             raise UsageError(f"runs must be a positive whole number, not {runs!r}")
         if max_rate is not None and not 0 < max_rate <= 1:
             raise UsageError(f"max_rate must be in (0, 1], not {max_rate!r}")
+        if max_rate is not None:
+            _check_feasible(runs, max_rate)
         given: dict[str, str | None] = {}
         if isinstance(services, Mapping):
             given = dict(services)
@@ -515,6 +517,21 @@ class ShutdownStress:
         if max_rate is not None:
             result.assert_rate_below(max_rate)
         return result
+
+
+def _check_feasible(runs: int, max_rate: float) -> None:
+    """UsageError, before any run, when no outcome of ``runs`` runs can pass ``max_rate``."""
+    from shutdown_harness.gates import runs_to_pass
+
+    needed = runs_to_pass("max_upper", max_rate)
+    if needed is not None and runs >= needed:
+        return
+    bound = wilson_interval(0, runs)[1]
+    raise UsageError(
+        f"runs={runs} can never show a failure rate below {format_pct(max_rate)}: {runs} runs"
+        f" without a failure bound it at {format_pct(bound, 'up')}; {needed} runs without a"
+        " failure are needed (or a higher max_rate)"
+    )
 
 
 def _result(

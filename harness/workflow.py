@@ -264,6 +264,19 @@ def plan_cells(c: Campaign) -> None:
         raise UsageError("no scenario can run under the chosen strategies (all not applicable)")
 
 
+def check_gates(c: Campaign) -> None:
+    """Say before any run which gate no outcome can pass with the planned runs (e.g.
+    max_upper = 0.05 needs 73 runs without a failure): the campaign still measures."""
+    gates = c.config.get("gates")
+    if not gates:
+        return
+    from shutdown_harness.gates import unreachable
+
+    cells = ((scenario, strategy, info.runs) for (scenario, strategy), info in c.cells.items())
+    for line in unreachable(gates, cells):
+        c.say(f"warning: {line}")
+
+
 def _client_version(strategy: Any, versions: dict[str, str]) -> str | None:
     found = [f"{d}=={versions[d]}" for d in strategy.distributions if d in versions]
     return "+".join(found) or None
@@ -474,6 +487,7 @@ TASKS: list[Callable[[Campaign], None]] = [
     start_services,
     prepare_strategies,
     plan_cells,
+    check_gates,
     write_campaign_file,
     start_warm,
     execute,

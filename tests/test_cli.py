@@ -438,3 +438,15 @@ def test_list_never_cuts_a_name_however_narrow() -> None:
     name = "lease_keepalive_at_exit_with_a_long_name"
     text = _table("t", ("name", "what"), [(name, "one two three four")], 12)
     assert any(line.split()[:1] == [name] for line in text.splitlines())
+
+
+def test_a_gate_that_cannot_pass_is_said_before_any_run(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.shutdown-harness.gates]\nhost = { max_upper = 0.05 }\n")
+    result = _harness("run", "--command", "true", "--runs", "5", "--out", str(tmp_path / "g"),
+                      cwd=tmp_path)
+    warning = ("warning: gate max_upper = 0.05 (strategy host) cannot pass for command / host"
+               " with 5 runs: it needs 73 runs without a failure")
+    assert warning in result.stdout, result.stdout
+    assert result.stdout.index(warning) < result.stdout.index("runs to do")
+    assert result.returncode == 1  # and indeed it did not pass

@@ -97,3 +97,28 @@ def test_no_gate_passes_on_warm_numbers_that_differ_from_cold() -> None:
     assert [(g.threshold, g.passed) for g in results] == [
         ("max_failures", True), ("fidelity", False)]
     assert "warm and cold runs differ" in results[1].message
+
+
+def test_runs_to_pass_is_the_fewest_runs_that_can_pass() -> None:
+    from shutdown_harness.gates import runs_to_pass
+    from shutdown_harness.stats import wilson_interval
+
+    for bound in (0.5, 0.2, 0.05, 0.01, 0.001):
+        n = runs_to_pass("max_upper", bound)
+        assert n is not None
+        assert wilson_interval(0, n)[1] < bound <= wilson_interval(0, n - 1)[1]
+    assert runs_to_pass("max_upper", 0.05) == 73  # 40 clean runs bound the rate at 8.8%
+    n = runs_to_pass("min_lower", 0.5)
+    assert n is not None and wilson_interval(n, n)[0] > 0.5 >= wilson_interval(n - 1, n - 1)[0]
+    assert runs_to_pass("min_runs", 30) == 30 and runs_to_pass("max_failures", 0) == 0
+    assert runs_to_pass("max_upper", 0) is None
+
+
+def test_a_gate_that_cannot_pass_is_said_before_any_run() -> None:
+    from shutdown_harness.gates import unreachable
+
+    gates = {"etcd-*": [{"max_upper": 0.05, "scenario": "ops"}, {"max_failures": 0}]}
+    lines = unreachable(gates, [("ops", "etcd-0.5.1", 40), ("ops", "etcd-0.4.1", 100),
+                                ("watch", "etcd-0.5.1", 10), ("ops", "other", 1)])
+    assert lines == ["gate max_upper = 0.05 (strategy etcd-*, scenario ops) cannot pass for"
+                     " ops / etcd-0.5.1 with 40 runs: it needs 73 runs without a failure"]

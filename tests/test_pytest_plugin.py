@@ -260,3 +260,34 @@ def test_deciding_tally_stops_only_when_passing_is_impossible() -> None:
     lenient.campaign = campaign = _Campaign()
     lenient.add({**clean, "category": "crash"})  # 1/90 could still pass a 10% bound
     assert campaign.deadline is None
+
+
+HOPELESS_TESTS = '''
+import pytest
+
+
+def body():
+    open("ran", "a").close()
+
+
+def test_function(shutdown_stress):
+    shutdown_stress.run(body, runs=40, max_rate=0.05, services=())
+
+
+@pytest.mark.shutdown_stress(runs=40, max_rate=0.05)
+def test_marker():
+    open("ran", "a").close()
+'''
+
+
+def test_a_stress_test_that_can_never_pass_fails_before_any_run(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_hopeless=HOPELESS_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2)
+    text = result.stdout.str()
+    message = ("runs=40 can never show a failure rate below 5.0%: 40 runs without a failure"
+               " bound it at 8.8%; 73 runs without a failure are needed")
+    assert text.count(message) == 2, text
+    assert not list(pytester.path.rglob("ran"))  # no child ran
