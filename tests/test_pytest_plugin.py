@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -291,3 +292,41 @@ def test_a_stress_test_that_can_never_pass_fails_before_any_run(
                " bound it at 8.8%; 73 runs without a failure are needed")
     assert text.count(message) == 2, text
     assert not list(pytester.path.rglob("ran"))  # no child ran
+
+
+DECLARED_TESTS = '''
+def no_service():
+    import os
+    told = [k for k in ("SHUTDOWN_HARNESS_ETCD", "SHUTDOWN_HARNESS_VALKEY") if k in os.environ]
+    assert not told, told
+
+
+def get_web():
+    import os, urllib.request
+    urllib.request.urlopen(f"http://{os.environ['WEB_AT']}/", timeout=5).read()
+
+
+def test_no_service_unless_asked(shutdown_stress):
+    result = shutdown_stress.run(no_service, runs=2, max_rate=0.9)
+    assert result.categories["clean"] == 2
+
+
+def test_declared_service(shutdown_stress):
+    result = shutdown_stress.run(get_web, runs=2, max_rate=0.9, services=("web",))
+    assert result.categories["clean"] == 2
+'''
+
+
+def test_function_form_gets_only_the_services_it_names(pytester: pytest.Pytester) -> None:
+    """No service by default (no etcd either); a service the project declares, by its name."""
+    pytester.makefile(
+        ".toml",
+        pyproject=(
+            "[tool.shutdown-harness.services.web]\n"
+            f'command = "{sys.executable} -m http.server {{port}} --bind 127.0.0.1"\n'
+            'ready = "http"\nenv = "WEB_AT"\n'
+        ),
+    )
+    pytester.makepyfile(test_declared=DECLARED_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
