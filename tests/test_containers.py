@@ -167,7 +167,9 @@ def test_a_server_that_exits_at_start_is_reported_and_its_container_removed(
     assert "\n" not in message and "no-such-flag" in message  # the server's own complaint
     client = container_engine.client()
     try:
-        mine = client.containers.list(all=True, filters={"label": containers.LABEL})
+        # Only this process's: the engine may be shared with other test sessions.
+        owner = f"shutdown-harness.owner-pid={os.getpid()}"
+        mine = client.containers.list(all=True, filters={"label": [containers.LABEL, owner]})
         assert [c.id for c in mine] == [etcd_container.container.id]  # type: ignore[union-attr]
     finally:
         client.close()
