@@ -24,6 +24,18 @@ def test_reports_every_part_with_what_degrades() -> None:
     assert checks["uv"].ok and checks["uv"].detail.startswith("uv ")  # a dependency of ours
 
 
+def test_declared_services_are_checked_for_their_program() -> None:
+    config = {"services": {
+        "web": {"command": "python3 -m http.server {port}", "description": "static files"},
+        "gone": {"command": "no-such-server-anywhere --port {port}"},
+    }}
+    checks = _by_name(doctor.collect(config))
+    web, gone = checks["service web"], checks["service gone"]
+    assert web.ok and "SHUTDOWN_HARNESS_WEB" in web.detail and "static files" in web.detail
+    assert not gone.ok and "'no-such-server-anywhere' not found on PATH" in gone.detail
+    assert "--gone HOST:PORT" in gone.without
+
+
 def test_core_dump_check_tells_the_truth_about_this_machine() -> None:
     check = _by_name(doctor.collect())["core dumps"]
     pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
