@@ -351,6 +351,8 @@ def _plan_from_args(
         raise UsageError("--command and --scenario exclude each other")
     if args.command is not None and args.strategy:
         raise UsageError("--command runs as it is: --strategy does not apply")
+    if args.command is not None and pick("warm"):
+        raise UsageError("--warm forks scenario children: it does not apply to --command")
     if args.command is not None:
         _command_argv(args.command)
     scenarios = _csv(args.scenario) or _csv(_listed(preset.get("scenarios"))) or _string_list(

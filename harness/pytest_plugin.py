@@ -92,7 +92,8 @@ DEFAULT_RUNS = 100
 DEFAULT_TIMEOUT = 30.0
 _MARKER = "shutdown_stress"
 _MARKER_KEYS = frozenset(
-    {"runs", "max_rate", "strategy", "jobs", "timeout", "services", "exit_delay", "seed"}
+    {"runs", "max_rate", "strategy", "jobs", "timeout", "services", "exit_delay", "seed",
+     "warm"}
 )
 _EXPIRES = pytest.StashKey[tuple[float, float]]()  # (time.monotonic() it expires, timeout)
 _SERVICES = pytest.StashKey["_SessionServices"]()
@@ -116,6 +117,7 @@ class StressResult:
     stopped: str | None = None  # why fewer runs than planned: "decided", "deadline", ...
     log: str = ""
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    fidelity: Any = None  # warm=True: harness.aggregate.Fidelity (warm runs vs cold controls)
 
     @property
     def rate(self) -> float:
@@ -156,6 +158,8 @@ class StressResult:
         lines.append(f"signatures: {top or 'none'}")
         if self.infra:
             lines.append(f"infra:      {self.infra} runs lost to the service or harness")
+        if self.fidelity is not None:
+            lines.append(f"fidelity:   {self.fidelity.sentence()}")
         lines.append(f"artifacts:  {self.folder}")
         exemplars = self.exemplars()
         if exemplars:
@@ -179,6 +183,9 @@ class StressResult:
         head = f"shutdown stress of {self.scenario} (strategy {self.strategy})"
         if self.runs == 0:
             pytest.fail(f"{head}: no run finished\n{self.describe()}", pytrace=False)
+        if self.fidelity is not None and self.fidelity.differs:
+            pytest.fail(f"{head}: warm and cold runs differ, the rate cannot be trusted\n"
+                        + self.describe(), pytrace=False)
         if self.interval[1] >= bound:
             pytest.fail(
                 f"{head}: failure rate not shown to be below {format_pct(bound)}\n"
@@ -408,6 +415,7 @@ class ShutdownStress:
         exit_delay: float | None = None,
         seed: int = 0,
         params: Mapping[str, Any] | None = None,
+        warm: bool = False,
     ) -> StressResult:
         """Run ``scenario`` ``runs`` times in child processes; judge it when ``max_rate`` is set.
 
@@ -415,12 +423,14 @@ class ShutdownStress:
         its keyword arguments, literal values), a built-in scenario name or a scenario ``.py``
         path. ``services``: the services a function needs (none by default; ``("etcd",)``),
         or a mapping of service to ``HOST:PORT`` (None: the default endpoint).
+        ``warm``: fork the children from a server that imported the scenario (``run --warm``),
+        with cold controls; the test fails when warm and cold runs differ (Fisher p < 0.01).
         """
         try:
             return self._run(
                 scenario, runs=runs, max_rate=max_rate, strategy=strategy, jobs=jobs,
                 timeout=timeout, services=services, exit_delay=exit_delay, seed=seed,
-                params=params,
+                params=params, warm=warm,
             )
         except UsageError as e:
             problem = str(e)
@@ -439,6 +449,7 @@ class ShutdownStress:
         exit_delay: float | None,
         seed: int,
         params: Mapping[str, Any] | None,
+        warm: bool = False,
     ) -> StressResult:
         from shutdown_harness import discovery
         from shutdown_harness.service_kinds import BUILTIN, kinds
@@ -489,6 +500,7 @@ class ShutdownStress:
             valkey=endpoints.get("valkey", "embedded"),
             services={k: v for k, v in endpoints.items() if k not in BUILTIN},
             exit_delay=exit_delay,
+            warm=bool(warm),
         )
         log = io.StringIO()
         tally = _DecidingTally(runs, max_rate)
@@ -545,6 +557,11 @@ def _result(
         if record["category"] in FAILURE_CATEGORIES:
             signatures[record["signature"]] += 1
     infra = categories["infra"]
+    fidelity = None
+    if any(record.get("start") == "warm" for record in records):
+        from shutdown_harness.aggregate import aggregate
+
+        fidelity = next(iter(aggregate(records).fidelity), None)
     return StressResult(
         scenario=scenario,
         strategy=strategy,
@@ -559,6 +576,7 @@ def _result(
         stopped=stopped,
         log=log,
         records=records,
+        fidelity=fidelity,
     )
 
 

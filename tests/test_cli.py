@@ -42,6 +42,7 @@ def _records(folder: Path) -> list[dict]:
         (["run", "--until-halfwidth", "0.7", "--command", "true"], "--until-halfwidth"),
         (["run", "--shard", "3/2", "--command", "true"], "--shard"),
         (["run", "--command", "true", "--scenario", "sanity"], "exclude each other"),
+        (["run", "--command", "true", "--warm"], "--warm"),
         (["run", "--scenario", "no_such_scenario"], "no_such_scenario"),
         (["run", "--strategy", "no-such-strategy", "--scenario", "sanity"], "no-such-strategy"),
         (["report", "/nonexistent/campaign"], "campaign"),
@@ -450,3 +451,22 @@ def test_a_gate_that_cannot_pass_is_said_before_any_run(tmp_path: Path) -> None:
     assert warning in result.stdout, result.stdout
     assert result.stdout.index(warning) < result.stdout.index("runs to do")
     assert result.returncode == 1  # and indeed it did not pass
+
+
+def test_warm_from_a_preset(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.shutdown-harness.strategies.host]\n"
+        f"python = {json.dumps(sys.executable)}\n"
+        "[tool.shutdown-harness.presets.quick]\n"
+        "warm = true\nruns = 24\n"
+    )
+    scenario = Path(__file__).parent / "children" / "warm_behave.py"
+    out = tmp_path / "w"
+    result = _harness("run", "--preset", "quick", "--scenario", str(scenario), "--strategy",
+                      "host", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "warm start: 1 fork servers ready" in result.stdout
+    records = _records(out)
+    assert sorted(r["start"] for r in records) == ["cold"] * 20 + ["warm"] * 4
+    assert json.loads((out / "campaign.json").read_text())["plan"]["warm"] is True
+    assert "Fidelity" in result.stdout and "warm 0/4" in result.stdout

@@ -12,6 +12,7 @@ The other sub-pytests use the session's own Python and no service (cheap childre
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -330,3 +331,46 @@ def test_function_form_gets_only_the_services_it_names(pytester: pytest.Pytester
     pytester.makepyfile(test_declared=DECLARED_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+WARM_TESTS = '''
+import pytest
+
+
+def crash_every_third_run():
+    import atexit, os
+    if int(os.environ["SHUTDOWN_HARNESS_RUN_ID"].rsplit("/", 1)[1]) % 3 == 0:
+        atexit.register(os.abort)  # a crash during finalization
+
+
+def test_warm(shutdown_stress):
+    result = shutdown_stress.run(crash_every_third_run, runs=40, jobs=2, services=(), warm=True)
+    starts = {r["start"] for r in result.records}
+    print(f"RESULT starts={sorted(starts)} warm={result.fidelity.warm} "
+          f"cold={result.fidelity.cold} differs={result.fidelity.differs}")
+    kinds = {(r["start"], r["signature"], r["phase"]) for r in result.records
+             if r["category"] != "clean"}
+    print(f"KINDS {sorted(kinds)}")
+    result.assert_rate_below(0.2)
+
+
+@pytest.mark.shutdown_stress(runs=24, max_rate=0.5, warm=True)
+def test_warm_marker():
+    pass
+'''
+
+
+def test_warm_option_of_run_and_marker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_warm=WARM_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
+    result.assert_outcomes(passed=1, failed=1)
+    text = result.stdout.str()
+    # 40 runs: 20 cold controls (at least 20), 20 warm; 14 crash, 7 of each start
+    assert "RESULT starts=['cold', 'warm'] warm=(7, 20) cold=(7, 20) differs=False" in text, text
+    # a warm crash is classified like a cold one: one signature and phase for both starts
+    kinds = re.search(r"KINDS (\[.*\])", text)
+    assert kinds, text
+    (cold, warm) = ast.literal_eval(kinds.group(1))
+    assert (cold[0], warm[0]) == ("cold", "warm") and cold[1:] == warm[1:], text
+    assert warm[2] == "finalization"
+    assert re.search(r"^fidelity:\s+crash_every_third_run / host: warm 7/20", text, re.M), text
