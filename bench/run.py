@@ -17,8 +17,10 @@ machine falls on both sides alike. Measured:
   ``subprocess.run`` loop of etcd-client-py's own stress tests;
 - the harness's own CPU per run and peak RSS (``getrusage(RUSAGE_SELF)`` in the harness
   process, see ``_measured.py``: never its children's), at two campaign sizes;
+- warm start (``run --warm``) against cold on ``ultra_rapid`` with etcd-client-py 0.5.1: whole
+  campaigns, cold controls included, interleaved;
 - time to verdict: etcd-client-py 0.4.1 vs 0.5.1 on ``concurrent_ops``, from the command's
-  start until Fisher's two-sided p-value is below 0.001;
+  start until Fisher's two-sided p-value is below 0.001, cold and with ``--warm``;
 - the child's own cost (interpreter start, imports, work, finalization), hence the machine's
   limit: CPUs / child CPU time per run.
 
@@ -65,10 +67,13 @@ class Sizes:
     memory_jobs: int = 8
     cost_runs: int = 15
     verdict_cap: int = 600
+    warm_reps: int = 6
+    warm_runs: int = 300  # a warm campaign's cold controls are 10% of its runs, at least 20
+    verdict_reps: int = 3
 
 
 QUICK = Sizes(reps=6, trivial_runs=200, ultra_runs=30, memory_child="true", cost_runs=8,
-              verdict_cap=400)
+              verdict_cap=400, warm_reps=3, warm_runs=200, verdict_reps=1)
 
 
 @dataclass
@@ -379,6 +384,60 @@ def measure_ultra(bench: Bench, endpoint: str) -> None:
     _limit_rows(bench, "`ultra_rapid`", full, wall, harness_rate, parts)
 
 
+def measure_warm(bench: Bench, endpoint: str) -> None:
+    """Warm start against cold: the same ``ultra_rapid`` campaign with and without ``--warm``.
+
+    Whole campaigns as a user runs them, interleaved: a warm campaign's runs include its cold
+    controls (harness/warm.py), so the ratio is what ``--warm`` buys, not the best case.
+    """
+    runs, jobs = bench.sizes.warm_runs, bench.jobs
+    args = ["--scenario", "ultra_rapid", "--strategy", bench.strategy, "--etcd", endpoint,
+            "--runs", str(runs), "--jobs", str(jobs)]
+    bench.log(f"warm start: preparing {bench.strategy}")
+    _harness(bench, "warm-probe", [*args[:-4], "--runs", "2", "--warm"])
+    bench.log(f"warm start: {bench.sizes.warm_reps} x (cold, warm) x {runs} runs of ultra_rapid")
+    results = _interleaved(bench.sizes.warm_reps, {
+        "cold": lambda: _harness(bench, "ultra-cold", args),
+        "warm": lambda: _harness(bench, "ultra-warm", [*args, "--warm"]),
+    })
+    cold: list[HarnessRun] = results["cold"]
+    warm: list[HarnessRun] = results["warm"]
+    bench.raw["warm vs cold ultra_rapid"] = {
+        name: [vars(h) | {"out": str(h.out)} for h in found] for name, found in results.items()}
+    pairs = list(zip(cold, warm, strict=True))
+    each = sorted(c.phase_s / w.phase_s for c, w in pairs)
+    ratio = statistics.median(each)
+    whole = statistics.median(c.wall_s / w.wall_s for c, w in pairs)
+    rate = {name: statistics.median(h.runs / h.phase_s for h in found)
+            for name, found in (("cold", cold), ("warm", warm))}
+    starts: dict[str, list[float]] = {"warm": [], "cold": []}
+    for h in warm:
+        for record in _records(h.out):
+            starts[record.get("start", "cold")].append(record["cpu_s"])
+    controls = len(starts["cold"]) // len(warm)
+    spread = f"{each[len(each) // 4]:.2f}-{each[(3 * len(each)) // 4]:.2f}"
+    bench.rows.append(Row(
+        f"throughput, `run --warm` vs cold, `ultra_rapid` on {bench.strategy} (median of "
+        f"{len(each)} paired ratios of {runs} runs, {controls} of them cold controls; middle "
+        f"half {spread}, lowest {each[0]:.2f})",
+        f"{ratio:.2f}x ({rate['warm']:.1f}/s vs {rate['cold']:.1f}/s)",
+        ">= 1.6x, never < 1.4x", ratio >= 1.6 and each[0] >= 1.4))
+    bench.rows.append(Row(
+        "the same, whole command (warm: fork servers start and import first)", f"{whole:.2f}x"))
+    if starts["warm"] and starts["cold"]:
+        warm_cpu = statistics.median(starts["warm"])
+        cold_cpu = statistics.median(starts["cold"])
+        bench.rows.append(Row(
+            "child CPU per run in the warm campaigns (median), warm child vs cold control",
+            f"{1e3 * warm_cpu:.1f} ms vs {1e3 * cold_cpu:.1f} ms ({cold_cpu / warm_cpu:.2f}x)"))
+
+
+def _records(out: Path) -> Iterator[dict[str, Any]]:
+    with (out / "results.jsonl").open() as f:
+        for line in f:
+            yield json.loads(line)
+
+
 def _with_mode(argv: list[str], mode: str) -> list[str]:
     argv = list(argv)
     if "--mode" in argv:
@@ -391,21 +450,53 @@ def _with_mode(argv: list[str], mode: str) -> list[str]:
 def measure_verdict(bench: Bench, endpoint: str) -> None:
     """Wall time from the command's start until Fisher's p < 0.001 for 0.4.1 vs 0.5.1.
 
+    Cold and with ``--warm``, interleaved, ``verdict_reps`` times each; the rows give the
+    medians and their ratio.
+    """
+    old, new = bench.verdict_strategies
+    what = ["--scenario", "concurrent_ops", "--strategy", f"{old},{new}", "--etcd", endpoint]
+    bench.log(f"time to verdict: {old} vs {new} on concurrent_ops (cap {bench.sizes.verdict_cap})"
+              f", {bench.sizes.verdict_reps} x (cold, warm)")
+    # Build (or reuse) the virtualenvs first: the measure assumes they exist.
+    _harness(bench, "verdict-warmup", [*what, "--runs", "1"])
+    found = _interleaved(bench.sizes.verdict_reps, {
+        "cold": lambda: _verdict_once(bench, what, warm=False),
+        "warm": lambda: _verdict_once(bench, what, warm=True),
+    })
+    bench.raw["verdict"] = found
+    name = f"time to verdict, {old} vs {new}, concurrent_ops, p < 0.001"
+    medians = {}
+    for start, label in (("cold", name), ("warm", "the same with `--warm`")):
+        reached = [seconds for seconds, _ in found[start] if seconds is not None]
+        seen = found[start][-1][1]
+        reps = len(found[start])
+        if len(reached) < reps:
+            bench.rows.append(Row(label, f"not reached within {bench.sizes.verdict_cap} runs in "
+                                         f"{reps - len(reached)} of {reps} ({seen})",
+                                  "< 30 s", False))
+            continue
+        medians[start] = statistics.median(reached)
+        many = f"median of {reps}, " if reps > 1 else ""
+        bench.rows.append(Row(label, f"{medians[start]:.1f} s ({many}last: {seen})", "< 30 s",
+                              medians[start] < 30))
+    if len(medians) == 2:
+        bench.rows.append(Row("time to verdict, cold / warm",
+                              f"{medians['cold'] / medians['warm']:.2f}x"))
+
+
+def _verdict_once(bench: Bench, what: list[str], warm: bool) -> tuple[float | None, str]:
+    """One campaign, stopped (SIGINT: finished runs are kept) once p < SIGNIFICANCE.
+
     The harness runs with ``--until-halfwidth`` as a user would; this function watches
-    results.jsonl and stops the campaign (SIGINT: every finished run is kept) at the first run
-    after which the two-sided Fisher test of the two cells is below ``SIGNIFICANCE``.
+    results.jsonl. Returns the seconds to the verdict (None: not reached) and the counts.
     """
     from shutdown_harness.stats import compare
 
     old, new = bench.verdict_strategies
-    out = bench.folder("verdict")
+    out = bench.folder("verdict-warm" if warm else "verdict")
     usage = out.with_suffix(".usage.json")
-    what = ["--scenario", "concurrent_ops", "--strategy", f"{old},{new}", "--etcd", endpoint]
-    bench.log(f"time to verdict: {old} vs {new} on concurrent_ops (cap {bench.sizes.verdict_cap})")
-    # Build (or reuse) the virtualenvs first: the measure assumes they exist.
-    _harness(bench, "verdict-warmup", [*what, "--runs", "1"])
     args = ["run", *what, "--runs", str(bench.sizes.verdict_cap), "--until-halfwidth", "0.02",
-            "--out", str(out)]
+            "--out", str(out), *(["--warm"] if warm else [])]
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, str(MEASURED), str(usage), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -438,15 +529,7 @@ def measure_verdict(bench: Bench, endpoint: str) -> None:
         proc.send_signal(signal.SIGINT)
     proc.wait()
     (ko, no), (kn, nn) = counts[old], counts[new]
-    seen = f"{old} {ko}/{no} failed, {new} {kn}/{nn}; p = {p:.1e}"
-    bench.raw["verdict"] = {"counts": counts, "p": p, "seconds": verdict_at}
-    if verdict_at is None:
-        bench.rows.append(Row(f"time to verdict, {old} vs {new}, concurrent_ops, p < 0.001",
-                              f"not reached within {bench.sizes.verdict_cap} runs ({seen})",
-                              "< 30 s", False))
-        return
-    bench.rows.append(Row(f"time to verdict, {old} vs {new}, concurrent_ops, p < 0.001",
-                          f"{verdict_at:.1f} s ({seen})", "< 30 s", verdict_at < 30))
+    return verdict_at, f"{old} {ko}/{no} failed, {new} {kn}/{nn}; p = {p:.1e}"
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -468,8 +551,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-child", choices=("python", "true"))
     parser.add_argument("--cost-runs", type=int, help="runs of each child for its own cost")
     parser.add_argument("--verdict-cap", type=int, help="--runs cap of the verdict campaign")
+    parser.add_argument("--verdict-reps", type=int, help="verdict campaigns, cold and warm each")
+    parser.add_argument("--warm-reps", type=int, help="repetitions of warm vs cold")
+    parser.add_argument("--warm-runs", type=int, help="runs of each warm / cold campaign")
     parser.add_argument("--etcd", metavar="HOST:PORT", help="use this etcd (default: start one)")
-    parser.add_argument("--only", default="startup,trivial,memory,ultra,verdict",
+    parser.add_argument("--only", default="startup,trivial,memory,ultra,warm,verdict",
                         help="comma-separated parts to run")
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
     return parser.parse_args(argv)
@@ -478,7 +564,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def _sizes(args: argparse.Namespace) -> Sizes:
     sizes = replace(QUICK if args.quick else Sizes())
     for name in ("reps", "trivial_runs", "ultra_runs", "memory_child",
-                 "cost_runs", "verdict_cap"):
+                 "cost_runs", "verdict_cap", "verdict_reps", "warm_reps", "warm_runs"):
         if getattr(args, name) is not None:
             setattr(sizes, name, getattr(args, name))
     if args.memory_runs:
@@ -507,11 +593,13 @@ def main(argv: list[str] | None = None) -> int:
             measure_trivial(bench)
         if "memory" in parts:
             measure_memory(bench)
-        if parts & {"ultra", "verdict"}:
+        if parts & {"ultra", "warm", "verdict"}:
             try:
                 with _etcd(bench) as endpoint:
                     if "ultra" in parts:
                         _guarded(bench, "ultra_rapid", lambda: measure_ultra(bench, endpoint))
+                    if "warm" in parts:
+                        _guarded(bench, "warm start", lambda: measure_warm(bench, endpoint))
                     if "verdict" in parts:
                         _guarded(bench, "time to verdict",
                                  lambda: measure_verdict(bench, endpoint))
