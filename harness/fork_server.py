@@ -16,10 +16,12 @@ Who waits for a warm child: the harness, as for a cold one. The server forks twi
 intermediate process forks the run, gives it its process group, reports its pid and exits;
 the server reaps the intermediate before it answers. The run is then an orphan, and the kernel
 hands an orphan to its nearest ancestor that is a child subreaper (``PR_SET_CHILD_SUBREAPER``):
-the harness, which set that flag before starting any server. So the harness's engine waits
-for a warm child exactly as for a cold one (``waitid`` on its pid, ``wait4`` for its CPU time
-and peak RSS, the raw exit status with its signal and core flag, and its process group killed
-after it), and the server never has to report an exit status. (The alternatives: a pidfd can
+the harness, which set that flag before starting any server. Once reparented, the run asks
+for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), as the cold wrapper does, so it dies
+with the harness too (asked earlier, it would die with the intermediate process). So the
+harness's engine waits for a warm child exactly as for a cold one (``waitid`` on its pid,
+``wait4`` for its CPU time and peak RSS, the raw exit status with its signal and core flag,
+and its process group killed after it), and the server never has to report an exit status. (The alternatives: a pidfd can
 wait for any process but gives no exit status; a server that waits and reports the status
 would have to stay single-threaded while multiplexing requests and exits, and the harness
 could signal a pid the server had already reaped and the system reused.)
@@ -86,6 +88,7 @@ def _fork_orphan() -> int:
     middle = os.fork()
     if middle == 0:
         os.close(read_end)
+        intermediate = os.getpid()
         try:
             pid = os.fork()
         except OSError:
@@ -93,6 +96,8 @@ def _fork_orphan() -> int:
         if pid == 0:
             os.close(write_end)
             os.setpgid(0, 0)
+            while os.getppid() == intermediate:  # until the intermediate exits (microseconds)
+                os.sched_yield()
             return 0
         try:
             os.setpgid(pid, pid)  # also here: the pgid is set before anyone learns the pid
@@ -112,7 +117,9 @@ def _fork_orphan() -> int:
 
 
 def _become_run(request: dict[str, Any], fds: list[int]) -> None:
-    """In the forked child: take the run's output, folder, environment and limits."""
+    """In the forked child: take the run's output, folder, environment and limits, and die
+    with the harness as a cold child does (its parent now, see _fork_orphan)."""
+    child._die_with_parent()
     for target, fd in enumerate(fds[:3]):
         os.dup2(fd, target)
     for fd in fds:

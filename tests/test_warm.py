@@ -174,3 +174,44 @@ def test_a_cell_that_cannot_fork_runs_cold_and_says_why(tmp_path: Path) -> None:
     assert all("2 threads" in r["warm_refused"] for r in records)
     report = json.loads((c.out / "report.json").read_text())
     assert any("ran cold although --warm was given" in n for n in report["notes"])
+
+
+def _processes_running(needle: str, also: str = "") -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if (needle.encode() in cmdline and also.encode() in cmdline
+                    and stat[stat.rfind(")") + 2] != "Z"):
+                found.append(int(entry.name))
+    return found
+
+
+def test_warm_children_and_servers_die_with_the_harness(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import time
+
+    scenario = tmp_path / "hangs_warm.py"  # a name of its own: no other test's processes
+    shutil.copy(BEHAVE, scenario)
+    (tmp_path / "pyproject.toml").write_text(
+        f"[tool.shutdown-harness.strategies.host]\npython = {json.dumps(sys.executable)}\n")
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "shutdown_harness", "run", "--scenario", str(scenario),
+         "--strategy", "host", "--runs", "40", "--warm", "--timeout", "100", "--out",
+         str(tmp_path / "c")], cwd=tmp_path, env={**os.environ, "WARM_BEHAVE": "hang"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(_processes_running(str(scenario), "fork_server.py")) < 2:  # server + a warm run
+        assert time.monotonic() < deadline and harness.poll() is None
+        time.sleep(0.2)
+    harness.kill()
+    harness.wait()
+    deadline = time.monotonic() + 10
+    while _processes_running(str(scenario)):
+        assert time.monotonic() < deadline, _processes_running(str(scenario))
+        time.sleep(0.1)
