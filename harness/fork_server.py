@@ -21,10 +21,11 @@ for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), as the cold wrapper doe
 with the harness too (asked earlier, it would die with the intermediate process). So the
 harness's engine waits for a warm child exactly as for a cold one (``waitid`` on its pid,
 ``wait4`` for its CPU time and peak RSS, the raw exit status with its signal and core flag,
-and its process group killed after it), and the server never has to report an exit status. (The alternatives: a pidfd can
-wait for any process but gives no exit status; a server that waits and reports the status
-would have to stay single-threaded while multiplexing requests and exits, and the harness
-could signal a pid the server had already reaped and the system reused.)
+and its process group killed after it), and the server never has to report an exit status.
+(The alternatives: a pidfd can wait for any process but gives no exit status; a server that
+waits and reports the status would have to stay single-threaded while multiplexing requests
+and exits, and the harness could signal a pid the server had already reaped and the system
+reused.)
 
 Before every fork the server refuses (and the harness runs the cell cold) when it is not a
 single-threaded process (a thread started by an import: its locks and memory would be copied
