@@ -229,26 +229,32 @@ def scenario_path(agg: Aggregate, scenario: str) -> Path | None:
     return None
 
 
-def _local_imports(source: str, folder: Path) -> list[str]:
-    """Top-level modules imported by `source` that are files in `folder` (scenario helpers)."""
+def _imports(source: str) -> list[str]:
+    """Top-level module names that `source` imports."""
     names = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names += [a.name.split(".")[0] for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.append(node.module.split(".")[0])
-    return [n for n in dict.fromkeys(names) if (folder / f"{n}.py").is_file()]
+    return list(dict.fromkeys(names))
 
 
 def _helpers(path: Path) -> list[Path]:
-    """Sibling modules the scenario imports, transitively."""
+    """Local modules the scenario imports, transitively: files beside it first, then the
+    built-in scenarios' helpers (``_clients.py``), which the child finds last on sys.path."""
     found: dict[str, Path] = {}
+    folders = [path.parent, BUILTIN_DIR]
 
     def visit(source: str) -> None:
-        for name in _local_imports(source, path.parent):
-            if name not in found and name != path.stem:
-                found[name] = path.parent / f"{name}.py"
-                visit(found[name].read_text(encoding="utf-8"))
+        for name in _imports(source):
+            if name in found or name == path.stem:
+                continue
+            for folder in folders:
+                if (folder / f"{name}.py").is_file():
+                    found[name] = folder / f"{name}.py"
+                    visit(found[name].read_text(encoding="utf-8"))
+                    break
 
     visit(path.read_text(encoding="utf-8"))
     return list(found.values())

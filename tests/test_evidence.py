@@ -326,3 +326,45 @@ def test_reproducer_of_the_opendal_example_crashes_from_an_empty_folder(
     last = proc.stdout.splitlines()[-1]
     assert re.fullmatch(r"([1-9]\d*)/80 runs died \(.*\)", last), proc.stdout + proc.stderr
     assert "during the work" not in proc.stdout
+
+
+_VALKEY_SCENARIO = '''"""Valkey only: a glide client sets fifty keys at once, then exits."""
+
+import asyncio
+
+import _clients
+
+SERVICES = ("valkey",)
+
+
+async def main() -> None:
+    client = await _clients.glide_client()
+    await asyncio.gather(*(client.set(f"{_clients.run_id()}/{i}", "v") for i in range(50)))
+'''
+
+
+@pytest.mark.slow
+def test_valkey_only_reproducer_takes_valkey_and_runs_the_work(
+    tmp_path: Path, valkey_endpoint: str, client_python: Callable[[str], Path]
+) -> None:
+    """A valkey-only scenario outside the built-in folder (it imports the built-in _clients):
+    the bundle carries _clients.py, reproduce.py asks for --valkey and nothing of etcd, and
+    with only valkey-glide installed and a real valkey every child gets its work done."""
+    python = str(client_python("valkey-glide==2.6.0"))
+    scenario = tmp_path / "mine" / "valkey_sets.py"
+    scenario.parent.mkdir()
+    scenario.write_text(_VALKEY_SCENARIO)
+    campaign = _campaign(tmp_path / "c", scenario, "valkey_sets", specs=[
+        synth.CellSpec("valkey_sets", "etcd-0.4.1", 10, {"pthread-exit-unwind-abort": 2},
+                       client_version="valkey-glide==2.6.0")])
+    bundle = build_bundle(campaign, tmp_path / "bundle").path
+    assert sorted(p.name for p in (bundle / "scenario").iterdir()) == [
+        "_clients.py", "valkey_sets.py"]
+    issue = (bundle / "ISSUE.md").read_text()
+    assert "python reproduce.py --valkey 127.0.0.1:PORT --runs 200" in issue
+    assert "--etcd" not in issue
+    alone = _alone(bundle, tmp_path / "alone")
+    assert "--etcd" not in _reproduce(alone, python, "--help").stdout
+    proc = _reproduce(alone, python, "--valkey", valkey_endpoint, "--runs", "6", "--jobs", "2")
+    assert re.fullmatch(r"\d/6 runs died \(.*\)", proc.stdout.splitlines()[-1]), proc.stdout
+    assert "during the work" not in proc.stdout, proc.stdout
