@@ -133,6 +133,9 @@ def _harness(bench: Bench, name: str, args: list[str], check: bool = True) -> Ha
     if check and proc.returncode not in (0, 1):
         tail = proc.stdout.decode(errors="replace")[-1500:]
         raise RuntimeError(f"shutdown-harness run failed ({proc.returncode}):\n{tail}")
+    if not usage.exists():  # the harness did not even start: say why
+        tail = proc.stdout.decode(errors="replace")[-1500:]
+        raise RuntimeError(f"shutdown-harness run failed ({proc.returncode}):\n{tail}")
     measured = json.loads(usage.read_text())
     spans = list(_spans(out))
     phase = max(end for _, end in spans) - min(start for start, _ in spans) if spans else 0.0

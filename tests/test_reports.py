@@ -139,5 +139,8 @@ def test_fidelity_is_in_every_format_and_loud_when_warm_differs(tmp_path: Path) 
         assert "WARM AND COLD DIFFER for s / old" in render(tmp_path, fmt, gates={}), fmt
     doc = json.loads(render(tmp_path, "json", gates={"old": {"max_failures": 1000}}))
     assert doc["fidelity"][0]["differs"] and not doc["passed"]
+    shown = io.StringIO()
+    assert compare_command(tmp_path, config={}, stream=shown) == 0
+    assert "WARM AND COLD DIFFER for s / old" in shown.getvalue()
     # evidence and reruns reproduce cold: the command never carries --warm
     assert "--warm" not in command_line(load_campaign(tmp_path))

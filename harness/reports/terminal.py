@@ -140,6 +140,7 @@ def render_compare(data: ReportData, color: bool = False, width: int | None = No
         console.print()
     if not groups:
         console.print("no runs to compare")
+    _fidelity(console, data)
     for note in agg.notes:
         console.print(" - ", Text(note), sep="")
     return buf.getvalue()
