@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> tuple[argparse.Namespace, Any, Any] |
     sock = socket.socket(fileno=ours.fd)
     hello: dict[str, Any] = {"ok": False, "reason": None, "pid": os.getpid(), "imports": []}
     try:
+        if not hasattr(socket, "recv_fds"):
+            raise RuntimeError("this Python has no socket.recv_fds (3.9+)")
         args = child.parse(tail)
         module = child.load(args.scenario)
         for name in getattr(module, "WARM_IMPORTS", ()):

@@ -95,6 +95,12 @@ class Recorder:
             env = info.env.copy()
             env["SHUTDOWN_HARNESS_RUN_ID"] = spec.run_id
             server = self.c.warm_servers.get(spec.cell)
+            if server is not None and server.refused:  # it died: the rest of the cell is cold
+                del self.c.warm_servers[spec.cell]
+                self.c.warm_refused[spec.cell] = server.refused
+                self.c.say(f"warm start stopped for {spec.scenario} / {spec.strategy}, its "
+                           f"next runs start cold: {server.refused}")
+                server = None
             if server is not None and is_control(spec.index, info.runs):
                 server = None  # a cold control of a warm cell
             yield Job(
@@ -146,7 +152,7 @@ class Recorder:
             "backtrace": None,
             "start": "cold" if ex.job.launcher is None else "warm",
         }
-        if spec.cell in self.c.warm_refused:
+        if record["start"] == "cold" and spec.cell in self.c.warm_refused:
             record["warm_refused"] = self.c.warm_refused[spec.cell]
         if verdict.category != "clean" and self._service_down(info, record):
             self._finish(record, stdout, stderr, None, core)

@@ -183,12 +183,16 @@ class ForkServer:
                 socket.send_fds(self._sock, [request], list(fds))
                 data = self._sock.recv(1 << 16)
             except OSError as e:
-                raise OSError(f"the fork server failed: {e}") from None
+                data = b""
+                self.refused = f"the fork server failed: {e}"
         if not data:
-            raise OSError(f"the fork server exited (see {self.log})")
+            # The cell's later runs start cold (the recorder looks at `refused`).
+            self.refused = self.refused or f"the fork server exited (see {self.log})"
+            raise OSError(self.refused)
         answer = json.loads(data)
         if "pid" not in answer:
-            raise OSError(f"the fork server refused: {answer.get('error')}")
+            self.refused = f"the fork server refused: {answer.get('error')}"
+            raise OSError(self.refused)
         return int(answer["pid"])
 
     def close(self) -> None:

@@ -116,6 +116,16 @@ def test_a_hung_warm_child_dumps_its_stacks_and_is_killed(
     assert "time.sleep" in hang["stderr"] or "in main" in hang["stderr"]  # SIGUSR1 dump
 
 
+def test_a_dead_server_refuses_from_then_on(tmp_path: Path, server: warm.ForkServer) -> None:
+    assert server._process is not None
+    server._process.kill()
+    server._process.wait()
+    seen = _run(tmp_path, [_job(server, "after", "ok")])
+    assert seen["after"]["returncode"] is None
+    assert seen["after"]["error"].startswith("cannot start: the fork server ")
+    assert server.refused is not None and server.refused in seen["after"]["error"]
+
+
 def test_a_thread_started_at_import_refuses_warm_start(tmp_path: Path) -> None:
     srv = warm.ForkServer(sys.executable, _argv(THREAD_AT_IMPORT), dict(os.environ),
                           tmp_path / "log")
