@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -241,6 +240,8 @@ def _resp_encode(*args: str | bytes) -> bytes:
 
 def _resp_call(endpoint: str, *args: str | bytes, timeout: float) -> Any:
     """Send one command over RESP and return the decoded reply (errors raise OSError)."""
+    import socket  # here: only the checks need it (config.load imports this module)
+
     host, port = _split(endpoint)
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(_resp_encode(*args))
@@ -339,6 +340,8 @@ class Declared(ServiceKind):
         try:
             if self.ready == "http":
                 return self._http(endpoint, timeout)
+            import socket
+
             with socket.create_connection(_split(endpoint), timeout=timeout):
                 return "?"
         except (OSError, ValueError) as e:
@@ -569,6 +572,8 @@ def binary_version(binary: Path) -> str:
 
 
 def _free_port() -> int:
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
