@@ -25,12 +25,19 @@ with the same code. The baseline there, deflaked bisection, is :func:`deflaked_n
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
-from collections.abc import Callable, Sequence
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 from scipy.special import betaln, gammaln
+from shutdown_harness.errors import UsageError
 
 __all__ = [
     "PRIOR",
@@ -42,9 +49,13 @@ __all__ = [
     "next_probe",
     "best",
     "ends_differ",
+    "ends_state",
+    "step",
     "deflaked_next",
     "Trial",
     "simulate",
+    "BISECT_FILE",
+    "bisect_command",
 ]
 
 PRIOR = 0.5  # Beta(1/2, 1/2) on each side's rate (Jeffreys)
@@ -136,6 +147,27 @@ def best(counts: Counts) -> tuple[int, float]:
     return k + 1, p[k]
 
 
+def ends_state(old: tuple[int, int], new: tuple[int, int], end_cap: int) -> str:
+    """After measuring the two ends: "differ" (Fisher p < ENDS_ALPHA: search), "run" (another
+    batch at each end), or "refuse" (``end_cap`` runs each and still alike)."""
+    if ends_differ(old, new) < ENDS_ALPHA:
+        return "differ"
+    return "refuse" if min(old[1], new[1]) >= end_cap else "run"
+
+
+def step(counts: Counts, batch: int, confidence: float = CONFIDENCE,
+         cap: int | None = None) -> tuple[str, int, float]:
+    """The search's decision from the counts so far: ("done", k, p) when change point k holds
+    ``confidence``, ("cap", k, p) at the run cap, else ("run", j, p): ``batch`` more runs of
+    release j. ``p`` is the best change point's posterior."""
+    k, p = best(counts)
+    if p >= confidence:
+        return "done", k, p
+    if cap is not None and sum(c[1] for c in counts) >= cap:
+        return "cap", k, p
+    return "run", next_probe(counts, batch), p
+
+
 def ends_differ(old: tuple[int, int], new: tuple[int, int], alpha: float = ENDS_ALPHA) -> float:
     """Fisher's exact p-value of the two ends (the search needs it below ``alpha``)."""
     from scipy.stats import fisher_exact
@@ -184,13 +216,14 @@ class Trial:
 def _measure_ends(draw: Callable[[int, int], int], n: int, batch: int, end_cap: int,
                   counts: list[list[int]]) -> bool:
     """Runs both ends in batches until Fisher tells them apart (or ``end_cap`` runs each)."""
-    while counts[0][1] < end_cap:
+    while True:
+        state = ends_state((counts[0][0], counts[0][1]), (counts[-1][0], counts[-1][1]),
+                           end_cap)
+        if state != "run":
+            return state == "differ"
         for j in (0, n - 1):
             counts[j][0] += draw(j, batch)
             counts[j][1] += batch
-        if ends_differ(tuple(counts[0]), tuple(counts[-1])) < ENDS_ALPHA:  # type: ignore[arg-type]
-            return True
-    return False
 
 
 def simulate(rates: Sequence[float], method: str, *, batch: int = 10, cap: int = 5000,
@@ -211,11 +244,9 @@ def simulate(rates: Sequence[float], method: str, *, batch: int = 10, cap: int =
         return Trial(truth, None, 0.0, sum(c[1] for c in counts))
     if method == "bayes":
         while True:
-            k, p = best([tuple(c) for c in counts])  # type: ignore[misc]
-            used = sum(c[1] for c in counts)
-            if p >= confidence or used >= cap:
-                return Trial(truth, k, p, used)
-            j = next_probe([tuple(c) for c in counts], batch)  # type: ignore[misc]
+            state, j, p = step([(c[0], c[1]) for c in counts], batch, confidence, cap)
+            if state != "run":
+                return Trial(truth, j, p, sum(c[1] for c in counts))
             counts[j][0] += draw(j, batch)
             counts[j][1] += batch
     if method != "deflaked":
@@ -224,7 +255,7 @@ def simulate(rates: Sequence[float], method: str, *, batch: int = 10, cap: int =
     lo, hi = 0, n - 1
     while True:
         used = sum(c[1] for c in counts)
-        state, j = deflaked_next([tuple(c) for c in counts], lo, hi, per_probe)  # type: ignore[misc]
+        state, j = deflaked_next([(c[0], c[1]) for c in counts], lo, hi, per_probe)
         if state == "done":
             return Trial(truth, j, 1.0 - per_probe, used)
         if state == "old":
@@ -236,3 +267,219 @@ def simulate(rates: Sequence[float], method: str, *, batch: int = 10, cap: int =
         else:
             counts[j][0] += draw(j, batch)
             counts[j][1] += batch
+
+
+# -- the command ------------------------------------------------------------------------------
+BISECT_FILE = "bisect.json"
+DEFAULT_BATCH = 10
+DEFAULT_END_CAP = 300  # runs at each end before refusing (5% vs 0% needs about 100)
+DEFAULT_CAP = 3000
+
+
+def _releases_between(package: str, bad: str, good: str, pre: bool) -> tuple[list[Any], bool]:
+    """The releases from the older end to the newer one (both ends included), and whether
+    the bad end is the older (looking for a fix) or not (a regression)."""
+    from shutdown_harness import versions
+
+    releases = versions.released_versions(package)
+    known = {r.version: r for r in releases}
+    ends = []
+    for label, text in (("--bad", bad), ("--good", good)):
+        v = versions.parse_version(text, label)
+        if v not in known:
+            raise UsageError(f"{label} {text}: {package} has no release {text} on the index")
+        ends.append(v)
+    bad_v, good_v = ends
+    if bad_v == good_v:
+        raise UsageError(f"--bad and --good are the same release ({bad_v}): nothing to bisect")
+    lo, hi = min(ends), max(ends)
+    between = [r.version for r in releases
+               if lo <= r.version <= hi
+               and (r.version in (lo, hi) or (r.yanked is None
+                                              and (pre or not r.version.is_prerelease)))]
+    return between, bad_v < good_v
+
+
+def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Path,
+                   batch: int = DEFAULT_BATCH, cap: int = DEFAULT_CAP,
+                   end_cap: int = DEFAULT_END_CAP, confidence: float = CONFIDENCE,
+                   pre: bool = False, python: str | None = None,
+                   settings: Mapping[str, Any] | None = None,
+                   config: Mapping[str, Any] | None = None, stream: IO[str] | None = None,
+                   argv: Sequence[str] = ()) -> int:
+    """``shutdown-harness bisect``: 0 with an answer (even at the cap: it says how sure),
+    1 when the ends do not differ significantly (refused, with the numbers)."""
+    from shutdown_harness import discovery, sweep
+    from shutdown_harness.stats import compare, format_p, format_rate
+
+    stream = stream or sys.stdout
+
+    def log(text: str) -> None:
+        stream.write(text + "\n")
+        stream.flush()
+
+    started = time.monotonic()
+    sweep.check_package(package)
+    (info,) = discovery.resolve([scenario])
+    if (out / BISECT_FILE).exists():
+        raise UsageError(f"{out} already holds a bisect: choose another --out")
+    interpreter = sweep.resolve_python(python)
+    found, fixing = _releases_between(package, bad, good, pre)
+    log(f"{package}: {len(found)} releases from {found[0]} to {found[-1]}; looking for the "
+        f"{'fix' if fixing else 'regression'} ({'bad' if fixing else 'good'} {found[0]}, "
+        f"{'good' if fixing else 'bad'} {found[-1]})")
+    out.mkdir(parents=True, exist_ok=True)
+    releases = {v: sweep.Release(v) for v in found}
+    skipped: list[sweep.Release] = []
+    active = list(found)
+    counts: dict[Any, list[int]] = {v: [0, 0] for v in found}
+    steps: list[dict[str, Any]] = []
+    settings = dict(settings or {})
+    scenario_arg = info.name if info.path.parent == discovery.BUILTIN_DIR else str(info.path)
+
+    with contextlib.ExitStack() as stack:
+        if info.services:  # started once for every batch, not once per batch
+            from shutdown_harness.services import ServiceSet
+
+            services = ServiceSet({kind: settings.get(kind) or "auto" for kind in info.services},
+                                  log=log)
+            services.start()
+            stack.callback(services.stop)
+            settings.update(services.endpoints())
+
+        def measure(version: Any, runs: int) -> bool:
+            """``runs`` more runs of one release; False when it has to be skipped."""
+            release = releases[version]
+            if release.status == "pending":
+                why = sweep.install(package, version, interpreter, lambda _: None)
+                if why is not None:
+                    release.status, release.reason = "not-installable", why
+                    return False
+            folder = out / "steps" / f"{len(steps) + 1:03d}-{version}"
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            with open(folder.parent / f"{folder.name}.log", "w", encoding="utf-8") as quiet:
+                try:
+                    sweep.run_campaign(scenario=scenario_arg,
+                                       strategies=[sweep.strategy_of(package, version)],
+                                       out=folder, runs=runs, config=config or {},
+                                       stream=quiet, argv=argv, settings=settings,
+                                       with_reports=False)
+                except UsageError as e:
+                    if "not applicable" not in str(e):
+                        raise
+            batch_release = sweep.Release(version)
+            sweep.results_of(folder, package, [batch_release])
+            if batch_release.status == "not-runnable" and not release.runs:
+                release.status, release.reason = "not-runnable", batch_release.reason
+                release.runs = batch_release.runs
+                return False
+            if batch_release.status != "measured":
+                release.status = "not-applicable"
+                release.reason = batch_release.reason or "the scenario's applicable() says no"
+                return False
+            release.status = "measured"
+            release.runs += batch_release.runs
+            release.failures += batch_release.failures
+            for sig, n in batch_release.signatures.items():
+                release.signatures[sig] = release.signatures.get(sig, 0) + n
+            release.python = batch_release.python
+            counts[version][0] += batch_release.failures
+            counts[version][1] += batch_release.runs
+            ordered = [(counts[v][0], counts[v][1]) for v in active]
+            post = posterior(ordered) if len(active) > 1 else [1.0]
+            steps.append({
+                "step": len(steps) + 1, "version": str(version), "runs": batch_release.runs,
+                "failures": batch_release.failures, "total_runs": release.runs,
+                "total_failures": release.failures, "elapsed_s": round(
+                    time.monotonic() - started, 1),
+                "posterior": {str(active[k + 1]): round(p, 6) for k, p in enumerate(post)},
+            })
+            k = max(range(len(post)), key=post.__getitem__)
+            log(f"step {len(steps)}: {version} +{batch_release.runs} runs, "
+                f"{batch_release.failures} failed (now {release.failures}/{release.runs}); "
+                f"change at {active[k + 1]}: {post[k]:.1%}")
+            return True
+
+        def skip(version: Any) -> None:
+            release = releases[version]
+            active.remove(version)
+            skipped.append(release)
+            log(f"skipped {package}=={version}: {release.status}: {release.reason}")
+
+        # 1. both ends, until they differ
+        while True:
+            old, new = active[0], active[-1]
+            state = ends_state((counts[old][0], counts[old][1]),
+                               (counts[new][0], counts[new][1]), end_cap)
+            if state != "run":
+                break
+            for end in (old, new):
+                if not measure(end, batch):
+                    r = releases[end]
+                    raise UsageError(f"the end {package}=={end} is {r.status}: {r.reason}")
+        o, n = (releases[active[0]], releases[active[-1]])
+        p_ends = ends_differ((o.failures, o.runs), (n.failures, n.runs))
+        if state == "refuse":
+            line = (f"refused: {o.version} {o.failures}/{o.runs} "
+                    f"({format_rate(o.failures, o.runs)}) and {n.version} {n.failures}/{n.runs}"
+                    f" ({format_rate(n.failures, n.runs)}) are not significantly different "
+                    f"({format_p(p_ends)})")
+            _write(out, package, info.name, None, fixing, 0.0, p_ends, steps, skipped, line,
+                   releases)
+            log(line)
+            return 1
+        # 2. the search
+        while True:
+            if len(active) < 2:
+                raise UsageError("every release between the ends was skipped")
+            state, j, prob = step([(counts[v][0], counts[v][1]) for v in active], batch,
+                                  confidence, cap)
+            if state != "run":
+                break
+            version = active[j]
+            if not measure(version, batch):
+                skip(version)
+        k = j
+        before, after = releases[active[k - 1]], releases[active[k]]
+        c = compare(str(before.version), before.failures, before.runs,
+                    str(after.version), after.failures, after.runs)
+        kind = "fixed in" if fixing else "broken in"
+        sure = f"{prob:.1%}" + ("" if state == "done" else f", run cap {cap} reached")
+        line = (f"{kind} {after.version} ({sure}): {after.failures}/{after.runs} "
+                f"({format_rate(after.failures, after.runs)}) vs {before.failures}/"
+                f"{before.runs} on {before.version}, {format_p(c.p_value)}")
+        if skipped:
+            line += "; skipped: " + ", ".join(f"{r.version} ({r.status})" for r in skipped)
+        _write(out, package, info.name, (before.version, after.version), fixing, prob,
+               c.p_value, steps, skipped, line, releases)
+    log(f"({time.monotonic() - started:.0f} s, {sum(s['runs'] for s in steps)} runs) "
+        f"{out / BISECT_FILE}")
+    log(line)
+    return 0
+
+
+def _write(out: Path, package: str, scenario: str, change: tuple[Any, Any] | None,
+           fixing: bool, confidence: float, p_value: float, steps: list[dict[str, Any]],
+           skipped: list[Any], line: str, releases: Mapping[Any, Any]) -> None:
+    from packaging.utils import canonicalize_name
+
+    data: dict[str, Any] = {"format": 1, "package": canonicalize_name(package),
+                            "scenario": scenario, "looking_for": "fix" if fixing else
+                            "regression", "first_good": None, "last_bad": None,
+                            "last_good": None, "first_bad": None}
+    if change is not None:
+        before, after = (str(v) for v in change)
+        if fixing:
+            data.update(last_bad=before, first_good=after)
+        else:
+            data.update(last_good=before, first_bad=after)
+    data.update({
+        "confidence": round(confidence, 6),
+        "p_value": p_value if math.isfinite(p_value) else None,
+        "steps": steps,
+        "skipped": [{"version": str(r.version), "status": r.status, "reason": r.reason}
+                    for r in skipped],
+        "releases": [r.to_dict() for r in releases.values() if r.runs or r.status != "pending"],
+        "summary": line,
+    })
+    (out / BISECT_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

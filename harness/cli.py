@@ -313,7 +313,45 @@ def build_parser(services: Mapping[str, ServiceKind] | None = None) -> argparse.
     merge.add_argument("--out", type=Path, required=True)
 
     sub.add_parser("doctor", help="what this machine offers, and what degrades")
+
+    sweep = sub.add_parser("sweep", help="one scenario across a package's releases")
+    sweep.add_argument("package")
+    _release_options(sweep)
+    sweep.add_argument("--versions", metavar="SPEC",
+                       help="versions (0.3.0,0.4.1: works offline) or a specifier ('>=0.3')")
+    sweep.add_argument("--runs", type=_positive_int, help="runs per release (cap if adaptive)")
+    sweep.add_argument("--until-halfwidth", type=_argtype(_halfwidth, "--until-halfwidth"),
+                       metavar="W", help="stop a release once its interval half-width is below W")
+    sweep.add_argument("--pre", action="store_true", help="include pre-releases")
+    sweep.add_argument("--yanked", action="store_true", help="include yanked releases")
+
+    bisect = sub.add_parser("bisect", help="the release where the failure rate changes")
+    bisect.add_argument("package")
+    _release_options(bisect)
+    bisect.add_argument("--bad", required=True, metavar="VERSION", help="a release that fails")
+    bisect.add_argument("--good", required=True, metavar="VERSION",
+                        help="a release that does not (older: a regression; newer: a fix)")
+    bisect.add_argument("--batch", type=_positive_int, help="runs per probe (10)")
+    bisect.add_argument("--max-runs", type=_positive_int, metavar="N",
+                        help="stop at N runs in all and say how sure (3000)")
+    bisect.add_argument("--pre", action="store_true", help="include pre-releases in between")
     return parser
+
+
+def _release_options(parser: argparse.ArgumentParser) -> None:
+    """What sweep and bisect share with run: scenario, load, services, interpreter, output."""
+    parser.add_argument("--scenario", required=True, help="a scenario name or .py path")
+    parser.add_argument("--python", metavar="PATH|VERSION",
+                        help="the interpreter of the releases' virtualenvs (through uv)")
+    parser.add_argument("--jobs", type=_argtype(parse_jobs, "--jobs"),
+                        help="children at once: N, or 2x the CPUs (default: CPU count)")
+    parser.add_argument("--timeout", type=_positive_float, help="seconds per run")
+    parser.add_argument("--seed", type=int, help="seed for the scenarios' randomness")
+    parser.add_argument("--etcd", type=_argtype(validate_how("etcd"), "--etcd"),
+                        help="auto|embedded|container|HOST:PORT")
+    parser.add_argument("--valkey", type=_argtype(validate_how("valkey"), "--valkey"),
+                        help="auto|embedded|container|HOST:PORT")
+    parser.add_argument("--out", type=Path, help="output folder (default: reports/<time>/)")
 
 
 # -- run ------------------------------------------------------------------------------------
@@ -518,6 +556,36 @@ def _cmd_merge(args: argparse.Namespace, config: dict[str, Any]) -> int:
     return EXIT_OK
 
 
+def _release_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {"jobs": args.jobs, "timeout": args.timeout, "etcd": args.etcd,
+            "valkey": args.valkey, "seed": args.seed if args.seed is not None
+            else random.randrange(1 << 31)}
+
+
+def _default_out(args: argparse.Namespace) -> Path:
+    return args.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _cmd_sweep(args: argparse.Namespace, config: dict[str, Any], argv: Sequence[str]) -> int:
+    from shutdown_harness.sweep import sweep_command
+
+    return sweep_command(args.package, args.scenario, spec=args.versions, runs=args.runs,
+                         until_halfwidth=args.until_halfwidth, out=_default_out(args),
+                         pre=args.pre, yanked=args.yanked, python=args.python,
+                         settings=_release_settings(args), config=config,
+                         argv=["shutdown-harness", *argv])
+
+
+def _cmd_bisect(args: argparse.Namespace, config: dict[str, Any], argv: Sequence[str]) -> int:
+    from shutdown_harness import bisection
+
+    return bisection.bisect_command(
+        args.package, args.scenario, bad=args.bad, good=args.good, out=_default_out(args),
+        batch=args.batch or bisection.DEFAULT_BATCH, cap=args.max_runs or bisection.DEFAULT_CAP,
+        pre=args.pre, python=args.python, settings=_release_settings(args), config=config,
+        argv=["shutdown-harness", *argv])
+
+
 def _cmd_doctor(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from shutdown_harness import doctor
 
@@ -547,6 +615,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser(kinds(config)).parse_args(argv)
         if args.command_name == "run":
             return _cmd_run(args, config, argv)
+        if args.command_name == "sweep":
+            return _cmd_sweep(args, config, argv)
+        if args.command_name == "bisect":
+            return _cmd_bisect(args, config, argv)
         handler = {
             "list": _cmd_list,
             "classify": _cmd_classify,

@@ -39,12 +39,19 @@ __all__ = [
     "index_urls",
     "released_versions",
     "select",
+    "is_specifier",
+    "parse_version",
+    "IndexUnreachable",
 ]
 
 PYPI = "https://pypi.org/simple/"
 _VERSION_TOKEN = re.compile(r"(?<![A-Za-z0-9])v?(\d+(?:\.\d+)*(?:(?:a|b|rc|\.post|\.dev)\d+)*)"
                             r"(?![A-Za-z0-9])")
 _TIMEOUT_S = 30.0
+
+
+class IndexUnreachable(UsageError):
+    """The package index did not answer (offline): an explicit version list still works."""
 
 
 def _tokens(label: str) -> list[tuple[int, Any]]:
@@ -169,8 +176,8 @@ def _files(root: str, package: str) -> list[dict[str, Any]] | None:
         raise UsageError(f"the package index {root} answered {e.code} for {package}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise UsageError(f"cannot reach the package index {root}: {reason}"
-                         " (give --versions to work offline)") from None
+        raise IndexUnreachable(f"cannot reach the package index {root}: {reason}"
+                               " (list the versions to work offline)") from None
     if "json" in kind:
         files = json.loads(body).get("files", [])
         return [f for f in files if isinstance(f, dict)]
@@ -224,11 +231,16 @@ def released_versions(package: str, urls: list[str] | None = None) -> list[Relea
     return releases
 
 
-def _parse_version(text: str, what: str) -> Version:
+def parse_version(text: str, what: str) -> Version:
     try:
         return Version(text)
     except InvalidVersion:
         raise UsageError(f"{what}: {text!r} is not a version") from None
+
+
+def is_specifier(spec: str) -> bool:
+    """Whether ``--versions`` is a specifier (``>=0.3``) rather than a list of versions."""
+    return bool(re.match(r"^\s*(===|==|!=|~=|>=|<=|<|>)", spec))
 
 
 def select(package: str, spec: str | None, releases: list[Release] | None,
@@ -240,9 +252,9 @@ def select(package: str, spec: str | None, releases: list[Release] | None,
     Pre-releases and yanked releases only with ``pre`` / ``yanked`` (or when named exactly).
     """
     text = (spec or "").strip()
-    listed = bool(text) and not re.match(r"^\s*(===|==|!=|~=|>=|<=|<|>)", text)
+    listed = bool(text) and not is_specifier(text)
     if listed:
-        wanted = [_parse_version(v.strip(), "--versions") for v in text.split(",") if v.strip()]
+        wanted = [parse_version(v.strip(), "--versions") for v in text.split(",") if v.strip()]
         if not wanted:
             raise UsageError(f"--versions {spec!r} names no version")
         if releases is not None:

@@ -33,7 +33,8 @@ from shutdown_harness.errors import UsageError
 if TYPE_CHECKING:
     from shutdown_harness.strategies import Strategy
 
-__all__ = ["MARKER_FILE", "cache_root", "venv_dir", "ensure", "installed_versions", "spec_hash"]
+__all__ = ["MARKER_FILE", "cache_root", "venv_dir", "ensure", "installed_versions", "spec_hash",
+           "find_uv"]
 
 MARKER_FILE = "shutdown-harness.json"
 _SPEC_FORMAT = 1  # bump to rebuild every cached virtualenv
@@ -106,6 +107,11 @@ def _valid(folder: Path, digest: str) -> bool:
         and marker.get("hash") == digest
         and _python_of(folder).exists()  # also false when the base interpreter is gone
     )
+
+
+def find_uv() -> str:
+    """The uv executable (the ``uv`` package's, else the one on PATH)."""
+    return _uv()
 
 
 def _uv() -> str:

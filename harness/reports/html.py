@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from html import escape
+from typing import Any
 
 from shutdown_harness import stats
 from shutdown_harness.aggregate import Aggregate, Cell
@@ -22,7 +23,7 @@ from shutdown_harness.reports._common import (
     verdicts,
 )
 
-__all__ = ["render", "chart_svg", "PALETTE"]
+__all__ = ["render", "chart_svg", "sweep_chart_svg", "PALETTE"]
 
 #: Signature colors, in order of overall frequency (Okabe-Ito, then a few more).
 PALETTE = ("#D55E00", "#0072B2", "#CC79A7", "#E69F00", "#009E73", "#56B4E9", "#8C564B",
@@ -146,6 +147,104 @@ def _bar(agg: Aggregate, cell: Cell, y: float, row_h: float, x: Callable[[float]
     return "".join(out)
 
 
+def sweep_chart_svg(sweep: dict[str, Any], colors: dict[str, str]) -> str:
+    """``sweep`` (sweep.json): the failure rate against the release, in version order. Bars
+    stacked by signature (each signature's share of the runs), whiskers: 95% Wilson interval
+    (zero failures: the upper bound only); releases without a rate are named, not drawn;
+    change points are dashed lines marked "fixed in" / "broken in"."""
+    versions = sweep.get("versions") or []
+    if not versions:
+        return "<p>No releases.</p>"
+    left, right, top, bottom = 64, 24, 34, 96
+    slot = max(34, min(90, 900 // len(versions)))
+    plot_w, plot_h = slot * len(versions), 260
+    width, height = left + plot_w + right, top + plot_h + bottom
+    highs = [v["interval"][1] for v in versions if v.get("interval")]
+    ymax, step = _nice_max(max(highs, default=0.0))
+
+    def y(v: float) -> float:
+        return top + plot_h * (1 - min(v, ymax) / ymax)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="failure rate by release">',
+             f'<rect width="{width}" height="{height}" fill="#fff"/>']
+    for i in range(int(round(ymax / step)) + 1):
+        t = i * step
+        parts.append(f'<line x1="{left}" y1="{y(t):.1f}" x2="{left + plot_w}" y2="{y(t):.1f}" '
+                     'stroke="#e5e7eb"/>')
+        parts.append(f'<text x="{left - 6}" y="{y(t) + 4:.1f}" font-size="11" '
+                     f'text-anchor="end" fill="#57606a">{t * 100:.4g}%</text>')
+    index = {v["version"]: i for i, v in enumerate(versions)}
+    for i, v in enumerate(versions):
+        cx = left + slot * (i + 0.5)
+        bar_w = slot * 0.56
+        label = escape(str(v["version"]))
+        parts.append(f'<text x="{cx:.1f}" y="{top + plot_h + 16}" font-size="12" '
+                     f'text-anchor="middle">{label}</text>')
+        runs = v.get("runs") or 0
+        if v.get("status") != "measured" or not runs:
+            why = escape(str(v.get("status")))
+            parts.append(f'<text x="{cx:.1f}" y="{top + plot_h - 8}" font-size="10" '
+                         f'fill="#9a6700" text-anchor="start" transform="rotate(-90 {cx:.1f} '
+                         f'{top + plot_h - 8})"><title>{escape(str(v.get("reason") or ""))}'
+                         f'</title>{why}</text>')
+            continue
+        base = top + plot_h
+        for sig, count in sorted(v["signatures"].items(), key=lambda kv: (-kv[1], kv[0])):
+            h = plot_h * min(count / runs, ymax) / ymax
+            parts.append(f'<rect x="{cx - bar_w / 2:.2f}" y="{base - h:.2f}" width="{bar_w:.2f}"'
+                         f' height="{h:.2f}" fill="{colors.get(sig, _OTHER)}"><title>'
+                         f'{label}: {escape(sig)} {count}/{runs}</title></rect>')
+            base -= h
+        lo, hi = v["interval"]
+        cap = bar_w * 0.3
+        parts.append(f'<line x1="{cx:.2f}" y1="{y(lo):.2f}" x2="{cx:.2f}" y2="{y(hi):.2f}" '
+                     'stroke="#111" stroke-width="1.5"/>')
+        for yy in ((y(lo), y(hi)) if v["failures"] else (y(hi),)):
+            parts.append(f'<line x1="{cx - cap:.2f}" y1="{yy:.2f}" x2="{cx + cap:.2f}" '
+                         f'y2="{yy:.2f}" stroke="#111" stroke-width="1.5"/>')
+        if v["failures"]:
+            parts.append(f'<circle cx="{cx:.2f}" cy="{y(v["rate"]):.2f}" r="2.6" fill="#111">'
+                         f'<title>{label}: {v["failures"]}/{runs}</title></circle>')
+        parts.append(f'<text x="{cx:.1f}" y="{top + plot_h + 30}" font-size="10" '
+                     f'text-anchor="middle" fill="#57606a">{v["failures"]}/{runs}</text>')
+    for point in sweep.get("change_points") or []:
+        i = index.get(point["version"])
+        if i is None:
+            continue
+        xx = left + slot * i
+        color = "#1a7f37" if point["kind"] == "fixed in" else "#b3261e"
+        parts.append(f'<line x1="{xx:.1f}" y1="{top - 4}" x2="{xx:.1f}" y2="{top + plot_h}" '
+                     f'stroke="{color}" stroke-width="1.5" stroke-dasharray="5 4"/>')
+        parts.append(f'<text x="{xx + 4:.1f}" y="{top - 8}" font-size="12" fill="{color}" '
+                     f'font-weight="600">{escape(point["kind"])} {escape(point["version"])}'
+                     f'<title>{escape(point["sentence"])}</title></text>')
+    parts.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" '
+                 f'y2="{top + plot_h}" stroke="#57606a"/>')
+    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 52}" font-size="12" '
+                 'text-anchor="middle">release of '
+                 f'{escape(str(sweep.get("package")))} ({escape(str(sweep.get("scenario")))}):'
+                 ' failure rate, bars split by signature, whiskers: 95% Wilson interval</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _sweep_section(agg: Aggregate) -> list[str]:
+    """The release chart when the campaign is a sweep (sweep.json next to the results)."""
+    if agg.directory is None or not (agg.directory / "sweep.json").is_file():
+        return []
+    import json
+
+    try:
+        sweep = json.loads((agg.directory / "sweep.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    points = "".join(f"<li>{escape(p['sentence'])}</li>" for p in sweep.get("change_points", []))
+    return ["<h2>Failure rate by release</h2>", sweep_chart_svg(sweep, _colors(agg)),
+            _legend(agg), f"<ul>{points}</ul>" if points else
+            "<p>No significant change between adjacent measured releases.</p>"]
+
+
 def _legend(agg: Aggregate) -> str:
     colors = _colors(agg)
     if not colors:
@@ -240,6 +339,7 @@ def render(data: ReportData) -> str:
         for cc, sentence in lines:
             out.append(f'<li class="{cc.comparison.direction}">{escape(sentence)}</li>')
         out.append("</ul>")
+    out += _sweep_section(agg)
     out += ["<h2>Failure rates</h2>", chart_svg(agg), _legend(agg), _cells_table(data)]
     if data.gates or data.unmatched_gates:
         failed = [g for g in data.gates if not g.passed]
