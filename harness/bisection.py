@@ -276,9 +276,11 @@ DEFAULT_END_CAP = 300  # runs at each end before refusing (5% vs 0% needs about 
 DEFAULT_CAP = 3000
 
 
-def _releases_between(package: str, bad: str, good: str, pre: bool) -> tuple[list[Any], bool]:
-    """The releases from the older end to the newer one (both ends included), and whether
-    the bad end is the older (looking for a fix) or not (a regression)."""
+def _releases_between(package: str, bad: str, good: str,
+                      pre: bool) -> tuple[list[Any], bool, dict[Any, str | None]]:
+    """The releases from the older end to the newer one (both ends included), whether the
+    bad end is the older (looking for a fix) or not (a regression), and each release's
+    Requires-Python."""
     from shutdown_harness import versions
 
     releases = versions.released_versions(package)
@@ -297,7 +299,7 @@ def _releases_between(package: str, bad: str, good: str, pre: bool) -> tuple[lis
                if lo <= r.version <= hi
                and (r.version in (lo, hi) or (r.yanked is None
                                               and (pre or not r.version.is_prerelease)))]
-    return between, bad_v < good_v
+    return between, bad_v < good_v, {v: known[v].requires_python for v in between}
 
 
 def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Path,
@@ -324,7 +326,8 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
     if (out / BISECT_FILE).exists():
         raise UsageError(f"{out} already holds a bisect: choose another --out")
     interpreter = sweep.resolve_python(python)
-    found, fixing = _releases_between(package, bad, good, pre)
+    found, fixing, requires = _releases_between(package, bad, good, pre)
+    this_python = sweep.python_version(interpreter)
     log(f"{package}: {len(found)} releases from {found[0]} to {found[-1]}; looking for the "
         f"{'fix' if fixing else 'regression'} ({'bad' if fixing else 'good'} {found[0]}, "
         f"{'good' if fixing else 'bad'} {found[-1]})")
@@ -351,7 +354,8 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
             """``runs`` more runs of one release; False when it has to be skipped."""
             release = releases[version]
             if release.status == "pending":
-                why = sweep.install(package, version, interpreter, lambda _: None)
+                why = sweep.unsupported(requires[version], this_python) or sweep.install(
+                    package, version, interpreter, lambda _: None)
                 if why is not None:
                     release.status, release.reason = "not-installable", why
                     return False

@@ -36,6 +36,8 @@ __all__ = [
     "find_versions",
     "install",
     "resolve_python",
+    "python_version",
+    "unsupported",
     "run_campaign",
     "results_of",
     "change_points",
@@ -98,9 +100,10 @@ def check_package(package: str) -> str:
 
 
 def find_versions(package: str, spec: str | None, *, pre: bool = False, yanked: bool = False,
-                  log: Log = lambda _: None) -> list[Version]:
-    """The releases to measure, oldest first: from the configured index, narrowed by
-    ``spec``; an explicit list still works when the index cannot be reached."""
+                  log: Log = lambda _: None) -> list[tuple[Version, str | None]]:
+    """The releases to measure, oldest first, each with its Requires-Python: from the
+    configured index, narrowed by ``spec``; an explicit list still works when the index
+    cannot be reached."""
     from shutdown_harness import versions
 
     try:
@@ -108,9 +111,37 @@ def find_versions(package: str, spec: str | None, *, pre: bool = False, yanked: 
     except versions.IndexUnreachable as e:
         if spec and not versions.is_specifier(spec):
             log(f"{e}: measuring the versions as listed")
-            return versions.select(package, spec, None)
+            return [(v, None) for v in versions.select(package, spec, None)]
         raise
-    return versions.select(package, spec, releases, pre=pre, yanked=yanked)
+    requires = {r.version: r.requires_python for r in releases}
+    chosen = versions.select(package, spec, releases, pre=pre, yanked=yanked)
+    return [(v, requires.get(v)) for v in chosen]
+
+
+def python_version(python: str | None) -> str:
+    """The version of the interpreter the virtualenvs are built with."""
+    import platform
+    import subprocess
+
+    if python is None:
+        return platform.python_version()
+    done = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                          capture_output=True, text=True, timeout=60)
+    return done.stdout.strip()
+
+
+def unsupported(requires_python: str | None, version: str) -> str | None:
+    """Why a release's Requires-Python excludes this interpreter (None if it does not)."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    if not requires_python or not version:
+        return None
+    try:
+        if SpecifierSet(requires_python).contains(version, prereleases=True):
+            return None
+    except InvalidSpecifier:
+        return None
+    return f"requires Python {requires_python} (this is {version})"
 
 
 def resolve_python(python: str | None) -> str | None:
@@ -145,7 +176,10 @@ def install(package: str, version: Version, python: str | None, log: Log) -> str
     try:
         virtualenv.ensure(strategy, progress=lambda msg: log(f"  {msg}"))
     except UsageError as e:
-        return str(e).split(": ", 1)[-1] if "virtualenv of strategy" in str(e) else str(e)
+        text = str(e)
+        _, cause, rest = text.partition("cause:")  # uv's resolver says why in one sentence
+        why = rest if cause else text.split(": ", 1)[-1]
+        return " ".join(why.split())[:240]
     return None
 
 
@@ -281,10 +315,12 @@ def sweep_command(package: str, scenario: str, *, spec: str | None, runs: int | 
         raise UsageError(f"{out} already holds a campaign: choose another --out")
     interpreter = resolve_python(python)
     found = find_versions(package, spec, pre=pre, yanked=yanked, log=log)
-    log(f"{package}: {len(found)} release(s): {', '.join(map(str, found))}")
-    releases = [Release(v) for v in found]
-    for release in releases:
-        why = install(package, release.version, interpreter, log)
+    log(f"{package}: {len(found)} release(s): {', '.join(str(v) for v, _ in found)}")
+    releases = [Release(v) for v, _ in found]
+    this_python = python_version(interpreter)
+    for release, (_, requires) in zip(releases, found, strict=True):
+        why = unsupported(requires, this_python) or install(package, release.version,
+                                                            interpreter, log)
         if why is not None:
             release.status, release.reason = "not-installable", why
             log(f"not installable: {package}=={release.version}: {why}")

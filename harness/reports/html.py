@@ -158,7 +158,7 @@ def sweep_chart_svg(sweep: dict[str, Any], colors: dict[str, str]) -> str:
     left, right, top, bottom = 64, 24, 34, 96
     slot = max(34, min(90, 900 // len(versions)))
     plot_w, plot_h = slot * len(versions), 260
-    width, height = left + plot_w + right, top + plot_h + bottom
+    width, height = max(left + plot_w + right, 560), top + plot_h + bottom
     highs = [v["interval"][1] for v in versions if v.get("interval")]
     ymax, step = _nice_max(max(highs, default=0.0))
 
@@ -221,10 +221,12 @@ def sweep_chart_svg(sweep: dict[str, Any], colors: dict[str, str]) -> str:
                      f'<title>{escape(point["sentence"])}</title></text>')
     parts.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" '
                  f'y2="{top + plot_h}" stroke="#57606a"/>')
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 52}" font-size="12" '
-                 'text-anchor="middle">release of '
-                 f'{escape(str(sweep.get("package")))} ({escape(str(sweep.get("scenario")))}):'
-                 ' failure rate, bars split by signature, whiskers: 95% Wilson interval</text>')
+    parts.append(f'<text x="{left}" y="{top + plot_h + 54}" font-size="12">failure rate of '
+                 f'{escape(str(sweep.get("package")))} by release '
+                 f'({escape(str(sweep.get("scenario")))})</text>')
+    parts.append(f'<text x="{left}" y="{top + plot_h + 70}" font-size="12" fill="#57606a">'
+                 'bars split by signature · whiskers: 95% Wilson interval (zero failures: the '
+                 'upper bound)</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
