@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import io
+import json
+from pathlib import Path
+
 import pytest
+from fixtures.releases import wheels
 from shutdown_harness import bisection
 
 
@@ -50,3 +55,43 @@ def test_simulated_search_finds_a_clear_change(method: str) -> None:
     assert trial.truth == 5 and trial.answer == 5 and trial.runs > 0
     refused = bisection.simulate([0.1] * 4 + [0.09] * 4, method, end_cap=40, seed=1)
     assert refused.answer is None and refused.runs == 80  # the ends could not be told apart
+
+
+# -- the command, on synthetic releases served from a local index ---------------------------------
+@pytest.fixture
+def releases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """shtest-releases (fixtures/releases): 0.2.0 and 0.3.0 abort at exit in every run,
+    0.4.0 and 0.5.0 never, 0.6.0 needs Python >= 4 (not installable here)."""
+    monkeypatch.setenv("UV_DEFAULT_INDEX", wheels.make_index(tmp_path / "index"))
+    monkeypatch.setenv("SHUTDOWN_HARNESS_CACHE", str(tmp_path / "cache"))
+    scenario = tmp_path / "call_work.py"
+    scenario.write_text(wheels.SCENARIO)
+    return scenario
+
+
+def test_bisect_finds_the_fix_of_synthetic_releases(releases: Path, tmp_path: Path) -> None:
+    stream = io.StringIO()
+    out = tmp_path / "b"
+    code = bisection.bisect_command("shtest-releases", str(releases), bad="0.2.0",
+                                    good="0.5.0", out=out, batch=4, stream=stream)
+    text = stream.getvalue()
+    assert code == 0, text[-2000:]
+    data = json.loads((out / "bisect.json").read_text())
+    assert (data["last_bad"], data["first_good"]) == ("0.3.0", "0.4.0")
+    assert data["looking_for"] == "fix" and data["confidence"] >= bisection.CONFIDENCE
+    assert data["p_value"] < 0.05
+    assert data["steps"][0]["version"] == "0.2.0" and data["steps"][1]["version"] == "0.5.0"
+    assert all(set(s) >= {"version", "runs", "failures", "posterior"} for s in data["steps"])
+    assert text.strip().splitlines()[-1].startswith("fixed in 0.4.0 (")
+
+
+def test_bisect_refuses_ends_that_do_not_differ(releases: Path, tmp_path: Path) -> None:
+    stream = io.StringIO()
+    out = tmp_path / "b"
+    code = bisection.bisect_command("shtest-releases", str(releases), bad="0.5.0",
+                                    good="0.4.0", out=out, batch=4, end_cap=8, stream=stream)
+    assert code == 1
+    last = stream.getvalue().strip().splitlines()[-1]
+    assert last.startswith("refused: 0.4.0 0/8") and "0.5.0 0/8" in last
+    data = json.loads((out / "bisect.json").read_text())
+    assert data["looking_for"] == "regression" and data["first_bad"] is None
