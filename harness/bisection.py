@@ -50,6 +50,7 @@ __all__ = [
     "best",
     "ends_differ",
     "ends_state",
+    "misfits",
     "step",
     "deflaked_next",
     "Trial",
@@ -166,6 +167,27 @@ def step(counts: Counts, batch: int, confidence: float = CONFIDENCE,
     if cap is not None and sum(c[1] for c in counts) >= cap:
         return "cap", k, p
     return "run", next_probe(counts, batch), p
+
+
+def misfits(counts: Counts, k: int, alpha: float = 0.01) -> list[int]:
+    """Releases whose counts differ significantly (Fisher, ``alpha``) from the rest of their
+    side when the change is at k, the most extreme first out (so that one odd release does
+    not make its neighbours look odd): the history has more than one change there."""
+    out = []
+    for side in (list(range(0, k)), list(range(k, len(counts)))):
+        side = [j for j in side if counts[j][1]]
+        while len(side) > 1:
+            p = {}
+            for j in side:
+                rest = [i for i in side if i != j]
+                p[j] = ends_differ(counts[j], (sum(counts[i][0] for i in rest),
+                                               sum(counts[i][1] for i in rest)))
+            worst = min(side, key=p.__getitem__)
+            if p[worst] >= alpha:
+                break
+            out.append(worst)
+            side.remove(worst)
+    return sorted(out)
 
 
 def ends_differ(old: tuple[int, int], new: tuple[int, int], alpha: float = ENDS_ALPHA) -> float:
@@ -429,7 +451,7 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
                     f" ({format_rate(n.failures, n.runs)}) are not significantly different "
                     f"({format_p(p_ends)})")
             _write(out, package, info.name, None, fixing, 0.0, p_ends, steps, skipped, line,
-                   releases)
+                   releases, [])
             log(line)
             return 1
         # 2. the search
@@ -454,8 +476,15 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
                 f"{before.runs} on {before.version}, {format_p(c.p_value)}")
         if skipped:
             line += "; skipped: " + ", ".join(f"{r.version} ({r.status})" for r in skipped)
+        notes = []
+        for j in misfits([(counts[v][0], counts[v][1]) for v in active], k):
+            r = releases[active[j]]
+            notes.append(f"{r.version} ({r.failures}/{r.runs}) does not fit the "
+                         f"{'old' if j < k else 'new'} side: more than one change? "
+                         "`shutdown-harness sweep` measures every release")
+            log(f"note: {notes[-1]}")
         _write(out, package, info.name, (before.version, after.version), fixing, prob,
-               c.p_value, steps, skipped, line, releases)
+               c.p_value, steps, skipped, line, releases, notes)
     log(f"({time.monotonic() - started:.0f} s, {sum(s['runs'] for s in steps)} runs) "
         f"{out / BISECT_FILE}")
     log(line)
@@ -464,7 +493,8 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
 
 def _write(out: Path, package: str, scenario: str, change: tuple[Any, Any] | None,
            fixing: bool, confidence: float, p_value: float, steps: list[dict[str, Any]],
-           skipped: list[Any], line: str, releases: Mapping[Any, Any]) -> None:
+           skipped: list[Any], line: str, releases: Mapping[Any, Any],
+           notes: list[str]) -> None:
     from packaging.utils import canonicalize_name
 
     data: dict[str, Any] = {"format": 1, "package": canonicalize_name(package),
@@ -484,6 +514,7 @@ def _write(out: Path, package: str, scenario: str, change: tuple[Any, Any] | Non
         "skipped": [{"version": str(r.version), "status": r.status, "reason": r.reason}
                     for r in skipped],
         "releases": [r.to_dict() for r in releases.values() if r.runs or r.status != "pending"],
+        "notes": notes,
         "summary": line,
     })
     (out / BISECT_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -34,6 +34,12 @@ def test_a_quiet_release_on_a_five_percent_side_is_not_taken_for_fixed() -> None
     assert bisection.best(counts)[1] < bisection.CONFIDENCE
 
 
+def test_a_release_that_fits_neither_side_is_named() -> None:
+    counts = [(30, 100), (2, 100), (28, 100), (0, 100), (0, 100)]
+    assert bisection.misfits(counts, 3) == [1]  # 2/100 among 30% releases
+    assert bisection.misfits([(30, 100), (28, 100), (0, 100)], 2) == []
+
+
 def test_ends_differ_is_fishers_p() -> None:
     assert bisection.ends_differ((12, 40), (0, 40)) < 0.001
     assert bisection.ends_differ((1, 10), (0, 10)) == pytest.approx(1.0)
