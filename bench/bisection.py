@@ -43,7 +43,7 @@ BATCH = 10
 TARGET_S = 180.0
 
 
-def simulated(trials: int, seed: int = 0) -> list[dict[str, Any]]:
+def simulated(trials: int, seed: int = 0, releases: int = RELEASES) -> list[dict[str, Any]]:
     from shutdown_harness.bisection import simulate
 
     rows = []
@@ -51,8 +51,8 @@ def simulated(trials: int, seed: int = 0) -> list[dict[str, Any]]:
         per_method: dict[str, list[Any]] = {"bayes": [], "deflaked": []}
         for t in range(trials):
             rng = random.Random(seed * 100_003 + t)
-            change = rng.randrange(1, RELEASES)
-            rates = [old if i < change else new for i in range(RELEASES)]
+            change = rng.randrange(1, releases)
+            rates = [old if i < change else new for i in range(releases)]
             for method in per_method:
                 per_method[method].append(simulate(rates, method, batch=BATCH, seed=t))
         for method, results in per_method.items():
@@ -90,8 +90,9 @@ def real_bisect(args: argparse.Namespace) -> dict[str, Any]:
         return result
 
 
-def _table(rows: list[dict[str, Any]], real: dict[str, Any] | None) -> str:
-    lines = ["| histories (64 releases) | method | accuracy | runs per search (mean / median) "
+def _table(rows: list[dict[str, Any]], real: dict[str, Any] | None,
+           releases: int = RELEASES) -> str:
+    lines = [f"| histories ({releases} releases) | method | accuracy | runs per search (mean / median) "
              "| runs vs deflaked |", "|---|---|---|---|---|"]
     by_setting: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="30 searches per setting")
     parser.add_argument("--trials", type=int, help="searches per setting and method (100)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--releases", type=int, default=RELEASES, help="per history (64)")
     parser.add_argument("--only", default="sim,real", help="sim, real, or both")
     parser.add_argument("--etcd", metavar="HOST:PORT", help="for the real bisect")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
@@ -133,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parts = {p.strip() for p in args.only.split(",")}
     trials = args.trials or (30 if args.quick else 100)
     started = time.monotonic()
-    rows = simulated(trials, args.seed) if "sim" in parts else []
+    rows = simulated(trials, args.seed, args.releases) if "sim" in parts else []
     real = real_bisect(args) if "real" in parts else None
-    print(_table(rows, real))
+    print(_table(rows, real, args.releases))
     print(f"\n({time.monotonic() - started:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps({"simulated": rows, "real": real}, indent=2))

@@ -145,23 +145,10 @@ def unsupported(requires_python: str | None, version: str) -> str | None:
 
 
 def resolve_python(python: str | None) -> str | None:
-    """``--python PATH|VERSION`` -> the interpreter's path (found by uv), or None for the
-    harness's own; UsageError when this machine has no such interpreter."""
-    if python is None:
-        return None
-    import subprocess
+    """``--python PATH|VERSION`` -> the interpreter's path, or None for the harness's own."""
+    from shutdown_harness.virtualenv import find_python
 
-    from shutdown_harness.virtualenv import find_uv
-
-    try:
-        done = subprocess.run([find_uv(), "python", "find", "--no-project", python],
-                              capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise UsageError(f"--python {python}: cannot ask uv: {e}") from None
-    path = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    if done.returncode != 0 or not path or not os.access(path, os.X_OK):
-        raise UsageError(f"--python {python}: no such interpreter on this machine")
-    return path
+    return None if python is None else find_python(python)
 
 
 def install(package: str, version: Version, python: str | None, log: Log) -> str | None:

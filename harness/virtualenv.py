@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from shutdown_harness.strategies import Strategy
 
 __all__ = ["MARKER_FILE", "cache_root", "venv_dir", "ensure", "installed_versions", "spec_hash",
-           "find_uv"]
+           "find_python"]
 
 MARKER_FILE = "shutdown-harness.json"
 _SPEC_FORMAT = 1  # bump to rebuild every cached virtualenv
@@ -109,9 +109,19 @@ def _valid(folder: Path, digest: str) -> bool:
     )
 
 
-def find_uv() -> str:
-    """The uv executable (the ``uv`` package's, else the one on PATH)."""
-    return _uv()
+def find_python(spec: str) -> str:
+    """``--python PATH|VERSION`` -> the path of that interpreter (uv finds it: a path, or a
+    version among the installed ones); UsageError when this machine has none."""
+    try:
+        done = subprocess.run([_uv(), "python", "find", "--no-project", spec],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UsageError(f"--python {spec}: cannot ask uv: {e}") from None
+    lines = done.stdout.strip().splitlines()
+    path = lines[-1].strip() if lines else ""
+    if done.returncode != 0 or not path or not os.access(path, os.X_OK):
+        raise UsageError(f"--python {spec}: no such interpreter on this machine")
+    return path
 
 
 def _uv() -> str:

@@ -80,3 +80,16 @@ def test_startup_rows(tmp_path: Path) -> None:
     assert one_run[0].endswith(" ms)") and one_run[1] == "<= 15x"
     assert {k: len(v) for k, v in raw["startup_s"].items()} == {
         "bare": 1, "help": 1, "list": 1, "run": 1}
+
+
+def test_bisection_bench_simulates_both_methods(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH.with_name("bisection.py")), "--only", "sim", "--trials", "2",
+         "--releases", "8", "--json", str(raw)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(raw.read_text())["simulated"]
+    assert {(r["setting"], r["method"]) for r in rows} == {
+        (s, m) for s in ("5% vs 0%", "20% vs 5%", "30% vs 10%") for m in ("bayes", "deflaked")}
+    assert all(r["answered"] + r["refused"] == 2 and r["mean_runs"] > 0 for r in rows)
+    assert "| 5% vs 0% | bayes |" in proc.stdout
