@@ -92,8 +92,8 @@ def real_bisect(args: argparse.Namespace) -> dict[str, Any]:
 
 def _table(rows: list[dict[str, Any]], real: dict[str, Any] | None,
            releases: int = RELEASES) -> str:
-    lines = [f"| histories ({releases} releases) | method | accuracy | runs per search (mean / median) "
-             "| runs vs deflaked |", "|---|---|---|---|---|"]
+    lines = [f"| histories ({releases} releases) | method | accuracy | runs per search "
+             "(mean / median) | runs vs deflaked |", "|---|---|---|---|---|"]
     by_setting: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         by_setting.setdefault(row["setting"], {})[row["method"]] = row

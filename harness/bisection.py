@@ -366,11 +366,17 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
         if info.services:  # started once for every batch, not once per batch
             from shutdown_harness.services import ServiceSet
 
-            services = ServiceSet({kind: settings.get(kind) or "auto" for kind in info.services},
-                                  log=log)
-            services.start()
+            how = {**(settings.get("services") or {}),
+                   **{k: settings.get(k) for k in ("etcd", "valkey")}}
+            services = ServiceSet({name: how.get(name) or "auto" for name in info.services},
+                                  config=config, log=log)
             stack.callback(services.stop)
-            settings.update(services.endpoints())
+            services.start()
+            endpoints = services.endpoints()
+            settings.update({k: v for k, v in endpoints.items() if k in ("etcd", "valkey")})
+            declared = {k: v for k, v in endpoints.items() if k not in ("etcd", "valkey")}
+            if declared:
+                settings["services"] = declared
 
         def measure(version: Any, runs: int) -> bool:
             """``runs`` more runs of one release; False when it has to be skipped."""

@@ -316,7 +316,7 @@ def build_parser(services: Mapping[str, ServiceKind] | None = None) -> argparse.
 
     sweep = sub.add_parser("sweep", help="one scenario across a package's releases")
     sweep.add_argument("package")
-    _release_options(sweep)
+    _release_options(sweep, services or {})
     sweep.add_argument("--versions", metavar="SPEC",
                        help="versions (0.3.0,0.4.1: works offline) or a specifier ('>=0.3')")
     sweep.add_argument("--runs", type=_positive_int, help="runs per release (cap if adaptive)")
@@ -327,7 +327,7 @@ def build_parser(services: Mapping[str, ServiceKind] | None = None) -> argparse.
 
     bisect = sub.add_parser("bisect", help="the release where the failure rate changes")
     bisect.add_argument("package")
-    _release_options(bisect)
+    _release_options(bisect, services or {})
     bisect.add_argument("--bad", required=True, metavar="VERSION", help="a release that fails")
     bisect.add_argument("--good", required=True, metavar="VERSION",
                         help="a release that does not (older: a regression; newer: a fix)")
@@ -338,7 +338,8 @@ def build_parser(services: Mapping[str, ServiceKind] | None = None) -> argparse.
     return parser
 
 
-def _release_options(parser: argparse.ArgumentParser) -> None:
+def _release_options(parser: argparse.ArgumentParser,
+                     services: Mapping[str, ServiceKind]) -> None:
     """What sweep and bisect share with run: scenario, load, services, interpreter, output."""
     parser.add_argument("--scenario", required=True, help="a scenario name or .py path")
     parser.add_argument("--python", metavar="PATH|VERSION",
@@ -347,10 +348,11 @@ def _release_options(parser: argparse.ArgumentParser) -> None:
                         help="children at once: N, or 2x the CPUs (default: CPU count)")
     parser.add_argument("--timeout", type=_positive_float, help="seconds per run")
     parser.add_argument("--seed", type=int, help="seed for the scenarios' randomness")
-    parser.add_argument("--etcd", type=_argtype(validate_how("etcd"), "--etcd"),
+    parser.add_argument("--etcd", type=_argtype(_service_how("etcd"), "--etcd"),
                         help="auto|embedded|container|HOST:PORT")
-    parser.add_argument("--valkey", type=_argtype(validate_how("valkey"), "--valkey"),
+    parser.add_argument("--valkey", type=_argtype(_service_how("valkey"), "--valkey"),
                         help="auto|embedded|container|HOST:PORT")
+    _service_options(parser, services)
     parser.add_argument("--out", type=Path, help="output folder (default: reports/<time>/)")
 
 
@@ -557,9 +559,11 @@ def _cmd_merge(args: argparse.Namespace, config: dict[str, Any]) -> int:
 
 
 def _release_settings(args: argparse.Namespace) -> dict[str, Any]:
+    declared = {key.removeprefix("service:"): value for key, value in vars(args).items()
+                if key.startswith("service:") and value is not None}
     return {"jobs": args.jobs, "timeout": args.timeout, "etcd": args.etcd,
-            "valkey": args.valkey, "seed": args.seed if args.seed is not None
-            else random.randrange(1 << 31)}
+            "valkey": args.valkey, "services": declared or None,
+            "seed": args.seed if args.seed is not None else random.randrange(1 << 31)}
 
 
 def _default_out(args: argparse.Namespace) -> Path:

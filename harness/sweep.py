@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -262,8 +261,10 @@ def render_table(data: Mapping[str, Any], color: bool = False) -> str:
         if measured:
             text = stats.format_rate(v["failures"], v["runs"])
             style = "red" if v["failures"] else "green"
+        elif v["status"] == "not-runnable":  # the exception's type; the message below
+            text, style = (v.get("reason") or "").split(":", 1)[0], "yellow"
         else:
-            text, style = (v.get("reason") or "")[:60], "yellow"
+            text, style = (v.get("reason") or "")[:48], "yellow"
         sigs = sorted(v["signatures"].items(), key=lambda kv: (-kv[1], kv[0]))[:2]
         version = v["version"] + (f"  ← {marks[v['version']]}" if v["version"] in marks else "")
         row: list[str | Text] = [version, v["status"], str(v["runs"] or ""),
@@ -274,6 +275,12 @@ def render_table(data: Mapping[str, Any], color: bool = False) -> str:
             row.append(v.get("python") or "")
         table.add_row(*row)
     console.print(table)
+    reasons: dict[str, list[str]] = {}
+    for v in data["versions"]:
+        if v["status"] != "measured" and v.get("reason"):
+            reasons.setdefault(f"{v['status']}: {v['reason']}", []).append(v["version"])
+    for reason, versions in reasons.items():
+        console.print(" - ", Text(f"{', '.join(versions)} {reason}"), sep="")
     for point in data.get("change_points", []):
         console.print(" • ", Text(point["sentence"]), sep="")
     if not data.get("change_points"):
