@@ -359,7 +359,7 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
     active = list(found)
     counts: dict[Any, list[int]] = {v: [0, 0] for v in found}
     steps: list[dict[str, Any]] = []
-    settings = dict(settings or {})
+    settings = {**(settings or {}), "python": interpreter}
     scenario_arg = info.name if info.path.parent == discovery.BUILTIN_DIR else str(info.path)
 
     with contextlib.ExitStack() as stack:

@@ -50,6 +50,7 @@ _PLAN_KEYS = (
     "keep_artifacts",
     "cores_per_signature",
     "no_faulthandler",
+    "python",
     "warm",
 )
 
@@ -261,6 +262,8 @@ def build_parser(services: Mapping[str, ServiceKind] | None = None) -> argparse.
                      metavar="W",
                      help="stop a cell once its 95%% interval half-width is below W (0.02 or 2%%)")
     how.add_argument("--seed", type=int, help="seed for the scenarios' randomness")
+    how.add_argument("--python", metavar="PATH|VERSION",
+                     help="the interpreter of the strategies' virtualenvs (found by uv)")
     how.add_argument("--shard", help="run only shard I of N (I/N)")
     how.add_argument("--etcd", type=_argtype(_service_how("etcd"), "--etcd"),
                      help="auto|embedded|container|HOST:PORT")
@@ -425,6 +428,7 @@ def _plan_from_args(
         "keep_artifacts": pick("keep_artifacts"),
         "cores_per_signature": pick("cores_per_signature"),
         "faulthandler": False if pick("no_faulthandler") else None,
+        "python": _interpreter(pick("python")),
         "warm": True if pick("warm") else None,
     }
     if pin:
@@ -556,6 +560,15 @@ def _cmd_merge(args: argparse.Namespace, config: dict[str, Any]) -> int:
     merge(args.dirs, args.out)
     print(f"merged {len(args.dirs)} folders into {args.out}")
     return EXIT_OK
+
+
+def _interpreter(python: str | None) -> str | None:
+    """``--python PATH|VERSION`` -> that interpreter's path; exit 2 when there is none."""
+    if python is None:
+        return None
+    from shutdown_harness.virtualenv import find_python
+
+    return find_python(python)
 
 
 def _release_settings(args: argparse.Namespace) -> dict[str, Any]:

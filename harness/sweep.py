@@ -325,7 +325,8 @@ def sweep_command(package: str, scenario: str, *, spec: str | None, runs: int | 
             scenario=info.name if info.path.parent == discovery.BUILTIN_DIR else str(info.path),
             strategies=[strategy_of(package, r.version) for r in runnable], out=out, runs=runs,
             config=config or {}, stream=stream, argv=argv,
-            settings={**(settings or {}), "until_halfwidth": until_halfwidth},
+            settings={**(settings or {}), "until_halfwidth": until_halfwidth,
+                      "python": interpreter},
             with_reports=False)
         results_of(out, package, releases)
     else:

@@ -12,6 +12,7 @@ order and always stops the services and closes the store, also on Ctrl-C / SIGTE
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shlex
@@ -116,6 +117,7 @@ def new_plan(**settings: Any) -> dict[str, Any]:
         "keep_artifacts": 3,
         "cores_per_signature": 3,
         "faulthandler": True,
+        "python": None,  # the interpreter of the strategies' virtualenvs (--python): a path
         "warm": False,
     }
     unknown = sorted(set(settings) - set(plan))
@@ -203,6 +205,8 @@ def prepare_strategies(c: Campaign) -> None:
     from shutdown_harness import strategies, virtualenv
 
     for strategy in strategies.resolve(c.plan["strategies"], c.config):
+        if c.plan.get("python") and strategy.python is None and strategy.requirements:
+            strategy = dataclasses.replace(strategy, python=c.plan["python"])
         if strategy.requirements:
             python = virtualenv.ensure(strategy, progress=lambda msg: c.say(f"  {msg}"))
         else:  # an existing interpreter with the client already installed

@@ -108,3 +108,31 @@ def test_real_sweep_of_etcd_client_py(etcd_endpoint: str, tmp_path: Path) -> Non
     assert [(r["version"], r["status"]) for r in rows] == [("0.2.4", "not-runnable"),
                                                            ("0.5.1", "measured")]
     assert rows[0]["reason"].startswith("TypeError") and rows[1]["runs"] == 4
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3.11").exists(), reason="needs a second Python")
+def test_python_option_builds_with_that_interpreter(local_index: Path, tmp_path: Path) -> None:
+    """--python on run: the strategy's virtualenv is built with that interpreter (this
+    machine's Debian 3.11 besides the harness's own), and every record says which."""
+    import platform
+
+    other = subprocess.run(["/usr/bin/python3.11", "-c",
+                            "import platform; print(platform.python_version())"],
+                           capture_output=True, text=True).stdout.strip()
+    out = tmp_path / "run"
+    code = main(["run", "--scenario", str(local_index), "--strategy", "shtest-releases==0.4.0",
+                 "--python", "/usr/bin/python3.11", "--runs", "2", "--out", str(out)])
+    assert code == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["python"] for r in records] == [other, other]
+    campaign = json.loads((out / "campaign.json").read_text())
+    assert campaign["strategies"]["shtest-releases==0.4.0"]["python"] == "/usr/bin/python3.11"
+    if other != platform.python_version():  # shown when it varies
+        from shutdown_harness.reports import render
+
+        synth_records = [{**r, "run_id": r["run_id"] + "x", "strategy": "host",
+                          "python": platform.python_version()} for r in records]
+        with (out / "results.jsonl").open("a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in synth_records))
+        text = render(out, "terminal", gates={})
+        assert "Python" in text and other in text

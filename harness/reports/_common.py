@@ -14,7 +14,7 @@ from shutdown_harness.gates import Gate, GateResult
 
 __all__ = ["ReportData", "verdicts", "env_rows", "cell_label", "read_artifact", "title",
            "gate_status", "top_signatures_text", "command_line", "artifact_dir", "crashing_thread",
-           "ENV_ORDER"]
+           "ENV_ORDER", "varying_pythons"]
 
 #: Environment keys shown first, in this order (the rest follow alphabetically).
 ENV_ORDER = ("os", "kernel", "machine", "libc", "glibc", "python", "python_build",
@@ -60,6 +60,12 @@ def verdicts(agg: Aggregate) -> list[tuple[CellComparison, str]]:
         lead = f"{' / '.join(prefix)}: " if prefix else ""
         out.append((cc, lead + cc.comparison.sentence()))
     return out
+
+
+def varying_pythons(agg: Aggregate) -> list[str]:
+    """The Python versions the cells ran under, when they are not all the same (else [])."""
+    pythons = sorted({p for c in agg.cells for p in c.pythons})
+    return pythons if len(pythons) > 1 else []
 
 
 def gate_status(data: ReportData, cell: Cell) -> str:

@@ -20,6 +20,7 @@ from shutdown_harness.reports._common import (
     gate_status,
     read_artifact,
     title,
+    varying_pythons,
     verdicts,
 )
 
@@ -263,6 +264,9 @@ def _legend(agg: Aggregate) -> str:
 def _cells_table(data: ReportData) -> str:
     agg = data.agg
     head = ["Scenario", "Strategy", "Runs", "Failures", "Failure rate [95% CI]", "Categories"]
+    pythons = varying_pythons(agg)
+    if pythons:
+        head.append("Python")
     if data.gates:
         head.append("Gates")
     rows = []
@@ -272,6 +276,8 @@ def _cells_table(data: ReportData) -> str:
                f'<td class="num">{cell.runs}', f'<td class="num">{cell.failures}',
                f'<td class="num {"fail" if cell.failures else "pass"}">'
                f"{escape(cell.rate_text())}", escape(cats)]
+        if pythons:
+            tds.append(escape(", ".join(sorted(cell.pythons))))
         if data.gates:
             status = gate_status(data, cell)
             klass = "fail" if status.startswith("FAIL") else "pass"

@@ -15,6 +15,7 @@ from shutdown_harness.reports._common import (
     gate_status,
     title,
     top_signatures_text,
+    varying_pythons,
     verdicts,
 )
 
@@ -40,6 +41,9 @@ def cells_table(data: ReportData) -> Table:
     table.add_column("Fail", justify="right")
     table.add_column("Failure rate [95% CI]", justify="right")
     table.add_column("Top signatures")
+    pythons = varying_pythons(agg)
+    if pythons:
+        table.add_column("Python")
     if agg.infra:
         table.add_column("Infra", justify="right")
     if data.gates:
@@ -55,6 +59,8 @@ def cells_table(data: ReportData) -> Table:
             Text(cell.rate_text(), style=style),
             top_signatures_text(cell),
         ]
+        if pythons:
+            row.append(", ".join(sorted(cell.pythons)))
         if agg.infra:
             row.append(str(cell.infra))
         if data.gates:
