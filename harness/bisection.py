@@ -359,6 +359,7 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
     active = list(found)
     counts: dict[Any, list[int]] = {v: [0, 0] for v in found}
     steps: list[dict[str, Any]] = []
+    campaigns: list[str] = []  # one per batch: steps/NNN-VERSION[+VERSION]/
     settings = {**(settings or {}), "python": interpreter}
     scenario_arg = info.name if info.path.parent == discovery.BUILTIN_DIR else str(info.path)
 
@@ -378,58 +379,72 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
             if declared:
                 settings["services"] = declared
 
-        def measure(version: Any, runs: int) -> bool:
-            """``runs`` more runs of one release; False when it has to be skipped."""
-            release = releases[version]
-            if release.status == "pending":
-                why = sweep.unsupported(requires[version], this_python) or sweep.install(
-                    package, version, interpreter, lambda _: None)
-                if why is not None:
-                    release.status, release.reason = "not-installable", why
-                    return False
-            folder = out / "steps" / f"{len(steps) + 1:03d}-{version}"
+        def measure(versions: Sequence[Any], runs: int) -> dict[Any, bool]:
+            """``runs`` more runs of each release, interleaved in one campaign (the two ends
+            share the load and the campaign's start-up); False for one to skip."""
+            ok: dict[Any, bool] = {}
+            for version in versions:
+                release = releases[version]
+                if release.status == "pending":
+                    why = sweep.unsupported(requires[version], this_python) or sweep.install(
+                        package, version, interpreter, lambda _: None)
+                    if why is not None:
+                        release.status, release.reason = "not-installable", why
+                        ok[version] = False
+            todo = [v for v in versions if v not in ok]
+            if not todo:
+                return ok
+            name = "+".join(str(v) for v in todo)
+            campaigns.append(name)
+            folder = out / "steps" / f"{len(campaigns):03d}-{name}"
             folder.parent.mkdir(parents=True, exist_ok=True)
             with open(folder.parent / f"{folder.name}.log", "w", encoding="utf-8") as quiet:
                 try:
                     sweep.run_campaign(scenario=scenario_arg,
-                                       strategies=[sweep.strategy_of(package, version)],
+                                       strategies=[sweep.strategy_of(package, v) for v in todo],
                                        out=folder, runs=runs, config=config or {},
                                        stream=quiet, argv=argv, settings=settings,
                                        with_reports=False)
                 except UsageError as e:
                     if "not applicable" not in str(e):
                         raise
-            batch_release = sweep.Release(version)
-            sweep.results_of(folder, package, [batch_release])
-            if batch_release.status == "not-runnable" and not release.runs:
-                release.status, release.reason = "not-runnable", batch_release.reason
-                release.runs = batch_release.runs
+            batch = {v: sweep.Release(v) for v in todo}
+            sweep.results_of(folder, package, list(batch.values()))
+            for version, got in batch.items():
+                ok[version] = _account(version, got)
+            return ok
+
+        def _account(version: Any, got: sweep.Release) -> bool:
+            release = releases[version]
+            if got.status == "not-runnable" and not release.runs:
+                release.status, release.reason = "not-runnable", got.reason
+                release.runs = got.runs
                 return False
-            if batch_release.status != "measured":
+            if got.status != "measured":
                 release.status = "not-applicable"
-                release.reason = batch_release.reason or "the scenario's applicable() says no"
+                release.reason = got.reason or "the scenario's applicable() says no"
                 return False
             release.status = "measured"
-            release.runs += batch_release.runs
-            release.failures += batch_release.failures
-            for sig, n in batch_release.signatures.items():
+            release.runs += got.runs
+            release.failures += got.failures
+            for sig, n in got.signatures.items():
                 release.signatures[sig] = release.signatures.get(sig, 0) + n
-            release.python = batch_release.python
-            counts[version][0] += batch_release.failures
-            counts[version][1] += batch_release.runs
+            release.python = got.python
+            counts[version][0] += got.failures
+            counts[version][1] += got.runs
             ordered = [(counts[v][0], counts[v][1]) for v in active]
             post = posterior(ordered) if len(active) > 1 else [1.0]
             steps.append({
-                "step": len(steps) + 1, "version": str(version), "runs": batch_release.runs,
-                "failures": batch_release.failures, "total_runs": release.runs,
+                "step": len(steps) + 1, "version": str(version), "runs": got.runs,
+                "failures": got.failures, "total_runs": release.runs,
                 "total_failures": release.failures, "elapsed_s": round(
                     time.monotonic() - started, 1),
                 "posterior": {str(active[k + 1]): round(p, 6) for k, p in enumerate(post)},
             })
             k = max(range(len(post)), key=post.__getitem__)
-            log(f"step {len(steps)}: {version} +{batch_release.runs} runs, "
-                f"{batch_release.failures} failed (now {release.failures}/{release.runs}); "
-                f"change at {active[k + 1]}: {post[k]:.1%}")
+            log(f"step {len(steps)}: {version} +{got.runs} runs, {got.failures} failed "
+                f"(now {release.failures}/{release.runs}); change at {active[k + 1]}: "
+                f"{post[k]:.1%}")
             return True
 
         def skip(version: Any) -> None:
@@ -445,8 +460,8 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
                                (counts[new][0], counts[new][1]), end_cap)
             if state != "run":
                 break
-            for end in (old, new):
-                if not measure(end, batch):
+            for end, measured in measure((old, new), batch).items():
+                if not measured:
                     r = releases[end]
                     raise UsageError(f"the end {package}=={end} is {r.status}: {r.reason}")
         o, n = (releases[active[0]], releases[active[-1]])
@@ -469,7 +484,7 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
             if state != "run":
                 break
             version = active[j]
-            if not measure(version, batch):
+            if not measure([version], batch)[version]:
                 skip(version)
         k = j
         before, after = releases[active[k - 1]], releases[active[k]]

@@ -210,10 +210,10 @@ def sweep_chart_svg(sweep: dict[str, Any], colors: dict[str, str]) -> str:
         parts.append(f'<text x="{cx:.1f}" y="{top + plot_h + 30}" font-size="10" '
                      f'text-anchor="middle" fill="#57606a">{v["failures"]}/{runs}</text>')
     for point in sweep.get("change_points") or []:
-        i = index.get(point["version"])
-        if i is None:
+        at = index.get(point["version"])
+        if at is None:
             continue
-        xx = left + slot * i
+        xx = left + slot * at
         color = "#1a7f37" if point["kind"] == "fixed in" else "#b3261e"
         parts.append(f'<line x1="{xx:.1f}" y1="{top - 4}" x2="{xx:.1f}" y2="{top + plot_h}" '
                      f'stroke="{color}" stroke-width="1.5" stroke-dasharray="5 4"/>')
