@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,9 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-from scipy.special import betaln, gammaln
 from shutdown_harness.errors import UsageError
+from shutdown_harness.stats import fisher_exact
 
 __all__ = [
     "PRIOR",
@@ -66,16 +66,24 @@ ENDS_ALPHA = 0.05  # the ends must differ at this level (Fisher) before a search
 Counts = Sequence[tuple[int, int]]  # (failures, runs) per release, in version order
 
 
-def _sides(counts: Counts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _betaln(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def _sides(counts: Counts) -> list[tuple[int, int, int, int]]:
     """(F_old, N_old, F_new, N_new) for each change point k = 1..n-1."""
-    f = np.array([c[0] for c in counts], dtype=float)
-    n = np.array([c[1] for c in counts], dtype=float)
-    f_cum, n_cum = np.cumsum(f)[:-1], np.cumsum(n)[:-1]
-    return f_cum, n_cum, f.sum() - f_cum, n.sum() - n_cum
+    total_f = sum(c[0] for c in counts)
+    total_n = sum(c[1] for c in counts)
+    out, f_old, n_old = [], 0, 0
+    for f, n in counts[:-1]:
+        f_old, n_old = f_old + f, n_old + n
+        out.append((f_old, n_old, total_f - f_old, total_n - n_old))
+    return out
 
 
-def _log_marginal(k: np.ndarray, n: np.ndarray) -> np.ndarray:
-    return betaln(PRIOR + k, PRIOR + n - k) - betaln(PRIOR, PRIOR)
+def _log_marginal(k: int, n: int) -> float:
+    """log P(k failures in n given runs), the rate integrated out (Beta-Bernoulli)."""
+    return _betaln(PRIOR + k, PRIOR + n - k) - _betaln(PRIOR, PRIOR)
 
 
 def posterior(counts: Counts) -> list[float]:
@@ -83,48 +91,55 @@ def posterior(counts: Counts) -> list[float]:
     ``counts[k]``. Uniform prior over k."""
     if len(counts) < 2:
         raise ValueError("a change point needs at least two releases")
-    f_old, n_old, f_new, n_new = _sides(counts)
-    log_p = _log_marginal(f_old, n_old) + _log_marginal(f_new, n_new)
-    log_p -= log_p.max()
-    p = np.exp(log_p)
-    return [float(x) for x in p / p.sum()]
+    log_p = [_log_marginal(fo, no) + _log_marginal(fn, nn) for fo, no, fn, nn in _sides(counts)]
+    top = max(log_p)
+    p = [math.exp(x - top) for x in log_p]
+    total = math.fsum(p)
+    return [x / total for x in p]
 
 
-def _log_beta_binomial(f: np.ndarray, m: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """log P(f failures in m runs) when the rate ~ Beta(a, b); f along axis 1, (a, b) axis 0."""
-    log_choose = gammaln(m + 1) - gammaln(f + 1) - gammaln(m - f + 1)
-    return log_choose + betaln(a[:, None] + f, b[:, None] + m - f) - betaln(a, b)[:, None]
+def _predictive(m: int, a: float, b: float) -> list[float]:
+    """P(f failures in m runs) for f = 0..m when the rate ~ Beta(a, b) (Beta-Binomial)."""
+    base = _betaln(a, b)
+    return [math.exp(math.lgamma(m + 1) - math.lgamma(f + 1) - math.lgamma(m - f + 1)
+                     + _betaln(a + f, b + m - f) - base) for f in range(m + 1)]
+
+
+def _entropy(p: Sequence[float]) -> float:
+    return -math.fsum(x * math.log(x) for x in p if x > 0)
 
 
 def gains(counts: Counts, batch: int) -> list[float]:
     """For every release, the expected information (nats) about the change point from
     ``batch`` more runs of it: I(k; failures) = H(failures) - H(failures | k).
 
-    Release j is on the old side for k > j and on the new side for k <= j, so each side's
-    Beta-Binomial predictive is computed once per k and the sums over k are cumulative sums:
-    O(n x batch) for all releases at once.
+    Release j is on the new side for change points k <= j and on the old side for k > j, so
+    each side's Beta-Binomial predictive is computed once per k, and moving from release j to
+    j+1 moves one k from the old sum to the new one: O(n x batch) for all releases.
     """
-    prior = np.array(posterior(counts))
-    f_old, n_old, f_new, n_new = _sides(counts)
-    f = np.arange(batch + 1, dtype=float)[None, :]
-    like_old = np.exp(_log_beta_binomial(f, batch, PRIOR + f_old, PRIOR + n_old - f_old))
-    like_new = np.exp(_log_beta_binomial(f, batch, PRIOR + f_new, PRIOR + n_new - f_new))
-
-    def entropy(p: np.ndarray) -> np.ndarray:
-        return -np.sum(p * np.log(np.where(p > 0, p, 1.0)), axis=-1)
-
-    # k runs over 1..n-1 (rows 0..n-2); release j is "new" for rows < j, "old" for rows >= j
-    zero = np.zeros((1, batch + 1))
-    new_part = np.vstack([zero, np.cumsum(prior[:, None] * like_new, axis=0)])  # rows < j
-    old_all = np.sum(prior[:, None] * like_old, axis=0)
-    old_part = old_all[None, :] - np.vstack([zero, np.cumsum(prior[:, None] * like_old,
-                                                              axis=0)])
-    marginal = new_part + old_part  # release j x failures
-    h_new = np.concatenate([[0.0], np.cumsum(prior * entropy(like_new))])
-    h_old = np.sum(prior * entropy(like_old)) - np.concatenate(
-        [[0.0], np.cumsum(prior * entropy(like_old))])
-    info = entropy(marginal) - (h_new + h_old)
-    return [float(max(0.0, x)) for x in info]
+    prior = posterior(counts)
+    sides = _sides(counts)
+    like_old = [_predictive(batch, PRIOR + fo, PRIOR + no - fo) for fo, no, _, _ in sides]
+    like_new = [_predictive(batch, PRIOR + fn, PRIOR + nn - fn) for _, _, fn, nn in sides]
+    h_old = [_entropy(p) for p in like_old]
+    h_new = [_entropy(p) for p in like_new]
+    width = batch + 1
+    old_mix = [math.fsum(prior[r] * like_old[r][f] for r in range(len(prior)))
+               for f in range(width)]
+    new_mix = [0.0] * width
+    old_h, new_h = math.fsum(p * h for p, h in zip(prior, h_old, strict=True)), 0.0
+    out = []
+    for j in range(len(counts)):
+        if j > 0:  # change point k = j (row j-1) now puts release j on the new side
+            r = j - 1
+            for f in range(width):
+                old_mix[f] -= prior[r] * like_old[r][f]
+                new_mix[f] += prior[r] * like_new[r][f]
+            old_h -= prior[r] * h_old[r]
+            new_h += prior[r] * h_new[r]
+        marginal = [max(0.0, o + n) for o, n in zip(old_mix, new_mix, strict=True)]
+        out.append(max(0.0, _entropy(marginal) - (old_h + new_h)))
+    return out
 
 
 def information_gain(counts: Counts, release: int, batch: int) -> float:
@@ -144,7 +159,7 @@ def next_probe(counts: Counts, batch: int) -> int:
 def best(counts: Counts) -> tuple[int, float]:
     """The most probable change point k (first release of the new side) and its posterior."""
     p = posterior(counts)
-    k = int(np.argmax(p))
+    k = max(range(len(p)), key=p.__getitem__)
     return k + 1, p[k]
 
 
@@ -190,14 +205,11 @@ def misfits(counts: Counts, k: int, alpha: float = 0.01) -> list[int]:
     return sorted(out)
 
 
-def ends_differ(old: tuple[int, int], new: tuple[int, int], alpha: float = ENDS_ALPHA) -> float:
-    """Fisher's exact p-value of the two ends (the search needs it below ``alpha``)."""
-    from scipy.stats import fisher_exact
-
+def ends_differ(old: tuple[int, int], new: tuple[int, int]) -> float:
+    """Fisher's exact p-value of two releases' (failures, runs) (the ends must differ)."""
     if not old[1] or not new[1]:
         return 1.0
-    _, p = fisher_exact([[old[0], old[1] - old[0]], [new[0], new[1] - new[0]]])
-    return float(p)
+    return fisher_exact(old[0], old[1] - old[0], new[0], new[1] - new[0])
 
 
 # -- the baseline: deflaked bisection -------------------------------------------------------------
@@ -254,12 +266,12 @@ def simulate(rates: Sequence[float], method: str, *, batch: int = 10, cap: int =
     """One search over releases failing with ``rates`` (binomial draws), by ``method``
     ("bayes": this module's search; "deflaked": bisection with SPRT-decided probes at
     ``error`` each, 1%/log2(n) by default). Both measure the ends first, alike."""
-    rng = np.random.default_rng(seed)
+    rng = random.Random(seed)
     n = len(rates)
     truth = next(i for i in range(1, n) if rates[i] != rates[0])
 
     def draw(j: int, m: int) -> int:
-        return int(rng.binomial(m, rates[j]))
+        return sum(rng.random() < rates[j] for _ in range(m))
 
     counts = [[0, 0] for _ in rates]
     if not _measure_ends(draw, n, batch, end_cap, counts):

@@ -576,7 +576,7 @@ def _release_settings(args: argparse.Namespace) -> dict[str, Any]:
                 if key.startswith("service:") and value is not None}
     return {"jobs": args.jobs, "timeout": args.timeout, "etcd": args.etcd,
             "valkey": args.valkey, "services": declared or None,
-            "seed": args.seed if args.seed is not None else random.randrange(1 << 31)}
+            "seed": args.seed}
 
 
 def _default_out(args: argparse.Namespace) -> Path:

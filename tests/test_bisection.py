@@ -54,11 +54,12 @@ def test_deflaked_bisection_steps() -> None:
     assert bisection.deflaked_next(counts, 2, 3, 0.01) == ("done", 3)
 
 
-@pytest.mark.parametrize("method", ["bayes", "deflaked"])
-def test_simulated_search_finds_a_clear_change(method: str) -> None:
+@pytest.mark.parametrize("method, at_least", [("bayes", 5), ("deflaked", 3)])
+def test_simulated_search_finds_a_clear_change(method: str, at_least: int) -> None:
     rates = [0.3] * 5 + [0.0] * 11
-    trial = bisection.simulate(rates, method, batch=10, seed=3)
-    assert trial.truth == 5 and trial.answer == 5 and trial.runs > 0
+    trials = [bisection.simulate(rates, method, batch=10, seed=seed) for seed in range(5)]
+    assert all(t.truth == 5 and t.runs > 0 for t in trials)
+    assert sum(t.answer == 5 for t in trials) >= at_least
     refused = bisection.simulate([0.1] * 4 + [0.09] * 4, method, end_cap=40, seed=1)
     assert refused.answer is None and refused.runs == 80  # the ends could not be told apart
 
