@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -76,10 +77,12 @@ def real_bisect(args: argparse.Namespace) -> dict[str, Any]:
                 "--out", str(Path(tmp) / "bisect")]
         if args.etcd:
             argv += ["--etcd", args.etcd]
+        load = os.getloadavg()[0]
         started = time.monotonic()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
         wall = time.monotonic() - started
         result: dict[str, Any] = {"wall_s": wall, "returncode": done.returncode,
+                                  "load_average": max(load, os.getloadavg()[0]),
                                   "last_line": (done.stdout.strip().splitlines() or [""])[-1]}
         report = Path(tmp) / "bisect" / "bisect.json"
         if report.exists():
@@ -93,7 +96,7 @@ def real_bisect(args: argparse.Namespace) -> dict[str, Any]:
 def _table(rows: list[dict[str, Any]], real: dict[str, Any] | None,
            releases: int = RELEASES) -> str:
     lines = [f"| histories ({releases} releases) | method | accuracy | runs per search "
-             "(mean / median) | runs vs deflaked |", "|---|---|---|---|---|"]
+             "(mean / median) | runs vs deflaked |", "|---|---|---|---|---|"] if rows else []
     by_setting: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         by_setting.setdefault(row["setting"], {})[row["method"]] = row
@@ -110,9 +113,11 @@ def _table(rows: list[dict[str, Any]], real: dict[str, Any] | None,
     if real is not None:
         met = "yes" if real.get("returncode") == 0 and real["wall_s"] < TARGET_S else "no"
         what = real.get("last_line") or real.get("error", "")
-        lines += ["", "| measurement | result | target | met |", "|---|---|---|---|",
+        lines += [""] if lines else []
+        lines += ["| measurement | result | target | met |", "|---|---|---|---|",
                   f"| wall time of `bisect etcd-client-py --scenario concurrent_ops --bad 0.3.0 "
-                  f"--good 0.5.1` ({real.get('runs', '?')} runs) | {real['wall_s']:.0f} s: "
+                  f"--good 0.5.1` ({real.get('runs', '?')} runs, machine load average "
+                  f"{real['load_average']:.1f}) | {real['wall_s']:.0f} s: "
                   f"{what} | < {TARGET_S:.0f} s on 2 CPUs | {met} |"]
     return "\n".join(lines)
 
