@@ -163,7 +163,7 @@ def choose_cell(agg: Aggregate, scenario: str | None = None,
             known = ", ".join(dict.fromkeys(c.strategy for c in agg.cells
                                             if scenario in (None, c.scenario)))
             raise UsageError(f"no strategy {strategy!r} in this campaign (it has: {known})")
-    failing = [c for c in cells if c.failures and c.not_runnable is None]  # no rate to report
+    failing = [c for c in cells if c.failures]
     if not failing:
         which = " for that cell" if scenario or strategy else " in this campaign"
         raise UsageError(f"no failures{which}: nothing to report upstream")
