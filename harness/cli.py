@@ -19,13 +19,16 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from shutdown_harness import __version__
 from shutdown_harness import config as config_module
 from shutdown_harness.errors import EXIT_OK, EXIT_USAGE, UsageError
 from shutdown_harness.service_kinds import BUILTIN, ServiceKind
 from shutdown_harness.stressors import parse_exit_delay, parse_jobs
+
+if TYPE_CHECKING:
+    from shutdown_harness.plan import Plan
 
 __all__ = ["main", "build_parser"]
 
@@ -369,7 +372,9 @@ def _newest_campaign(root: Path) -> Path:
 
 def _plan_from_args(
     args: argparse.Namespace, config: dict[str, Any]
-) -> tuple[dict[str, Any], set[str]]:
+) -> tuple[Plan, frozenset[str]]:
+    """The plan: options given, else the preset's, else :class:`Plan`'s defaults; and the plan
+    settings given on the command line (``--resume`` checks them)."""
     declared = {
         key.removeprefix("service:"): value
         for key, value in vars(args).items()
@@ -406,17 +411,16 @@ def _plan_from_args(
         "[tool.shutdown-harness] default-strategies",
         config.get("default-strategies", [default_strategy]),
     )
-    from shutdown_harness.plan import parse_shard
-    from shutdown_harness.workflow import new_plan
+    # Here, not at the top: dataclasses imports inspect (~10 ms), which --help does not need.
+    from shutdown_harness.plan import Plan, parse_shard
 
     pin = pick("pin")
-    shard = parse_shard(pick("shard"))
     chosen = {
         "runs": pick("runs"),
         "jobs": pick("jobs"),
         "timeout": pick("timeout"),
         "seed": pick("seed"),
-        "shard": list(shard) if shard else None,
+        "shard": parse_shard(pick("shard")),
         "until_halfwidth": pick("until_halfwidth"),
         "etcd": pick("etcd"),
         "valkey": pick("valkey"),
@@ -435,20 +439,20 @@ def _plan_from_args(
         from shutdown_harness.stressors import pin_cpus
 
         chosen["pin_cpus"] = pin_cpus(pin)
-    plan = new_plan(
+    plan = Plan(
         command=args.command,
-        scenarios=None if args.command is not None else scenarios,
-        strategies=None if args.command is not None else strategies,
+        scenarios=None if args.command is not None else tuple(scenarios),
+        strategies=None if args.command is not None else tuple(strategies),
         **{key: value for key, value in chosen.items() if value is not None},
     )
     if chosen["seed"] is None:
-        plan["seed"] = _plan_seed(plan)
+        plan = plan.replace(seed=_plan_seed(plan.to_dict()))
     rename = {"scenario": "scenarios", "strategy": "strategies", "no_faulthandler": "faulthandler"}
-    return plan, {rename.get(k, k) for k in given}
+    return plan, frozenset(rename.get(k, k) for k in given)
 
 
 def _cmd_run(args: argparse.Namespace, config: dict[str, Any], argv: Sequence[str]) -> int:
-    from shutdown_harness.workflow import Campaign, run
+    from shutdown_harness.workflow import Options, run
 
     plan, given = _plan_from_args(args, config)
     from shutdown_harness.gates import parse_gates
@@ -460,15 +464,14 @@ def _cmd_run(args: argparse.Namespace, config: dict[str, Any], argv: Sequence[st
         out = _newest_campaign(Path("reports"))
     else:
         out = Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    campaign = Campaign(
-        plan=plan,
+    options = Options(
         out=out,
         resume=args.resume,
         config=config,
-        argv=["shutdown-harness", *argv],
+        argv=("shutdown-harness", *argv),
         given=given,
     )
-    return run(campaign)
+    return run(plan, options).code
 
 
 # -- the other subcommands -------------------------------------------------------------------

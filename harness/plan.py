@@ -9,19 +9,120 @@ Runs are issued round-robin across cells (index 0 of every cell, then index 1, .
 the strategies being compared run side by side under the same load, not one after the other.
 Shard I of N takes the runs whose index is I-1 modulo N: every shard gets a fair share of
 every cell, and the shards together are exactly the unsharded plan.
+
+:class:`Plan` holds every setting of a ``run`` with its default, in one place: the command line,
+presets, ``--resume`` (campaign.json) and the pytest plugin all build one. :class:`Cellinfo` is
+how one cell's runs start, once the plan has met the scenarios and strategies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from shutdown_harness import stressors
 from shutdown_harness.errors import UsageError
 
-__all__ = ["RunSpec", "Cell", "parse_shard", "iter_plan", "plan_size"]
+__all__ = ["Plan", "Cellinfo", "RunSpec", "Cell", "parse_shard", "iter_plan", "plan_size"]
 
 Cell = tuple[str, str]  # (scenario, strategy)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every setting of a ``run``, each with its default (adding one is one line here).
+
+    campaign.json keeps it as a plain dict (:meth:`to_dict`, lists for tuples); ``merge``
+    compares those dicts and ``--resume`` the settings given again. ``runs``/``timeout`` None
+    mean each scenario's own defaults; ``seed`` is fixed here, the command line draws a random
+    one and stores it. Lists given for tuple settings are kept as tuples.
+    """
+
+    command: str | None = None  # any child program instead of scenarios (--command)
+    scenarios: tuple[str, ...] | None = None
+    strategies: tuple[str, ...] | None = None
+    runs: int | None = None
+    jobs: int = field(default_factory=stressors.cpu_count)
+    timeout: float | None = None
+    seed: int = 0
+    shard: tuple[int, int] | None = None
+    until_halfwidth: float | None = None
+    etcd: str = "auto"
+    valkey: str = "auto"
+    services: Mapping[str, str] = field(default_factory=dict)  # declared: {name: how}
+    pin: str | None = None
+    pin_cpus: tuple[int, ...] | None = None
+    exit_delay: float | None = None
+    cores: str = "auto"
+    keep_cores: bool = False
+    keep_artifacts: int = 3
+    cores_per_signature: int = 3
+    faulthandler: bool = True
+    python: str | None = None  # the interpreter of the strategies' virtualenvs (--python)
+    warm: bool = False  # children forked from a per-cell server (harness/warm.py)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        """The plan campaign.json holds; keys it lacks (older versions) or holds as null for a
+        setting that has a default take that default."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise UsageError(
+                f"the campaign's plan has settings this version does not know: {', '.join(unknown)}"
+            )
+        given = {
+            key: value
+            for key, value in data.items()
+            if value is not None or _default(fields[key]) is None
+        }
+        return cls(**given)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as campaign.json keeps it (JSON types: lists, not tuples)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> Plan:
+        return dataclasses.replace(self, **changes)
+
+    def load(self) -> dict[str, Any]:
+        """The load label of this plan's runs (jobs, pinned CPUs, exit delay)."""
+        pin = list(self.pin_cpus) if self.pin_cpus else None
+        return stressors.load_label(self.jobs, pin=pin, exit_delay=self.exit_delay)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class Cellinfo:
+    """How to start one run of a cell (scenario x strategy)."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    timeout: float
+    dump_signal: int | None
+    runs: int
+    python: str | None = None
+    executable: str | None = None  # the real binary, for gdb on a core file
+    client_version: str | None = None
+    services: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,6 @@ import builtins
 import dis
 import inspect
 import io
-import math
 import os
 import re
 import sys
@@ -62,16 +61,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from shutdown_harness import config as config_module
 from shutdown_harness import stressors
 from shutdown_harness.errors import UsageError
+from shutdown_harness.plan import Plan
 from shutdown_harness.progress import Tally
 from shutdown_harness.schema import FAILURE_CATEGORIES
 from shutdown_harness.stats import format_pct, wilson_interval
 from shutdown_harness.store import iter_records
+
+if TYPE_CHECKING:
+    from shutdown_harness.workflow import Outcome
 
 __all__ = [
     "HOST_STRATEGY",
@@ -97,6 +100,7 @@ _MARKER_KEYS = frozenset(
 )
 _EXPIRES = pytest.StashKey[tuple[float, float]]()  # (time.monotonic() it expires, timeout)
 _SERVICES = pytest.StashKey["_SessionServices"]()
+_STRESS = pytest.StashKey["ShutdownStress"]()
 
 
 # -- the result ----------------------------------------------------------------------------
@@ -194,26 +198,32 @@ class StressResult:
             )
 
 
-class _DecidingTally(Tally):
-    """A Tally that stops the campaign once no outcome of the remaining runs can pass."""
+class _Stop:
+    """The stop callback of one campaign: no new run once no outcome of the remaining runs can
+    pass ``bound`` (the verdict is decided), or once the pytest-timeout ``deadline`` is near."""
 
-    def __init__(self, planned: int, bound: float | None) -> None:
-        super().__init__()
+    def __init__(self, planned: int, bound: float | None, deadline: float | None) -> None:
         self.planned = planned
         self.bound = bound
-        self.campaign: Any = None
-        self.decided = False
+        self.deadline = deadline
+        self.stopped: str | None = None  # "decided" or "deadline" once it said stop
 
-    def add(self, record: dict[str, Any]) -> None:
-        super().add(record)
-        if self.bound is None or self.decided or self.campaign is None:
-            return
-        failures = Tally.failures(self.total)
+    def __call__(self, tally: Tally) -> str | None:
+        if self._decided(tally):
+            self.stopped = "decided"
+            return "the failure rate can no longer be shown below the bound"
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.stopped = "deadline"
+            return "deadline reached"
+        return None
+
+    def _decided(self, tally: Tally) -> bool:
+        if self.bound is None:
+            return False
+        failures = Tally.failures(tally.total)
         # The most runs the rate can still have: every planned run that is not infra so far.
-        most = self.planned - self.total["infra"]
-        if failures and most > 0 and wilson_interval(failures, most)[1] >= self.bound:
-            self.decided = True
-            self.campaign.deadline = -math.inf  # no new run starts; running ones finish
+        most = self.planned - tally.total["infra"]
+        return bool(failures and most > 0 and wilson_interval(failures, most)[1] >= self.bound)
 
 
 # -- scenarios from functions --------------------------------------------------------------
@@ -453,7 +463,7 @@ class ShutdownStress:
     ) -> StressResult:
         from shutdown_harness import discovery
         from shutdown_harness.service_kinds import BUILTIN, kinds
-        from shutdown_harness.workflow import Campaign, new_plan, run
+        from shutdown_harness.workflow import Options, run
 
         if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
             raise UsageError(f"runs must be a positive whole number, not {runs!r}")
@@ -489,9 +499,9 @@ class ShutdownStress:
         endpoints = self._endpoints(info.services, given, known)
         strategy = strategy or self._config.getoption("shutdown_strategy", None) or HOST_STRATEGY
         jobs = jobs or _default_jobs(self._config)
-        plan = new_plan(
-            scenarios=[spec],
-            strategies=[strategy],
+        plan = Plan(
+            scenarios=(spec,),
+            strategies=(strategy,),
             runs=runs,
             jobs=jobs,
             timeout=timeout,
@@ -503,29 +513,13 @@ class ShutdownStress:
             warm=bool(warm),
         )
         log = io.StringIO()
-        tally = _DecidingTally(runs, max_rate)
-        deadline = _deadline(self._item, timeout)
-        campaign = Campaign(
-            plan=plan,
-            out=folder,
-            resume=False,
-            config=config,
-            stream=log,
-            deadline=deadline,
-            with_reports=False,
-            tally=tally,
+        stop = _Stop(runs, max_rate, _deadline(self._item, timeout))
+        outcome = run(
+            plan,
+            Options(out=folder, config=config, stream=log, with_reports=False, stop=stop),
         )
-        tally.campaign = campaign
-        run(campaign)
-        if tally.decided:
-            stopped: str | None = "decided"
-        elif deadline is not None and time.monotonic() > deadline:
-            stopped = "deadline"
-        elif campaign.interrupted:
-            stopped = "interrupted"
-        else:
-            stopped = None
-        result = _result(info.name, strategy, folder, campaign, log.getvalue(), stopped)
+        stopped = stop.stopped or ("interrupted" if outcome.interrupted else None)
+        result = _result(info.name, strategy, folder, outcome, log.getvalue(), stopped)
         if max_rate is not None:
             result.assert_rate_below(max_rate)
         return result
@@ -547,7 +541,7 @@ def _check_feasible(runs: int, max_rate: float) -> None:
 
 
 def _result(
-    scenario: str, strategy: str, folder: Path, campaign: Any, log: str, stopped: str | None
+    scenario: str, strategy: str, folder: Path, outcome: Outcome, log: str, stopped: str | None
 ) -> StressResult:
     categories: Counter[str] = Counter()
     signatures: Counter[str] = Counter()
@@ -569,8 +563,8 @@ def _result(
         runs=len(records) - infra,
         failures=sum(categories[c] for c in FAILURE_CATEGORIES),
         infra=infra,
-        planned=sum(info.runs for info in campaign.cells.values()),
-        jobs=int(campaign.plan["jobs"]),
+        planned=sum(info.runs for info in outcome.cells.values()),
+        jobs=outcome.plan.jobs,
         categories=categories,
         signatures=signatures,
         stopped=stopped,
@@ -635,6 +629,21 @@ def _marker_options(item: pytest.Function) -> dict[str, Any]:
     return options
 
 
+def _argnames(item: pytest.Function) -> list[str]:
+    """The test function's own arguments, as pytest fills them (none with a default)."""
+    parameters = inspect.signature(item.obj).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in parameters if p.kind in kinds and p.default is p.empty]
+
+
+@pytest.fixture(autouse=True)
+def _shutdown_stress_marked(request: pytest.FixtureRequest) -> None:
+    """A test marked ``shutdown_stress`` gets a :class:`ShutdownStress` to run its body with
+    (its own arguments are the children's, so it cannot request the fixture itself)."""
+    if request.node.get_closest_marker(_MARKER) is not None:
+        request.node.stash[_STRESS] = request.getfixturevalue("shutdown_stress")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     """A test marked ``shutdown_stress``: its body runs in the children, not here."""
@@ -645,7 +654,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         options = _marker_options(pyfuncitem)
         callspec = getattr(pyfuncitem, "callspec", None)
         parametrized = dict(callspec.params) if callspec is not None else {}
-        argnames = pyfuncitem._fixtureinfo.argnames
+        argnames = _argnames(pyfuncitem)
         fixtures = [name for name in argnames if name not in parametrized]
         if fixtures:
             raise UsageError(
@@ -656,7 +665,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         problem = str(e)
     if problem is not None:
         pytest.fail(f"shutdown stress: {problem}", pytrace=False)
-    stress: ShutdownStress = pyfuncitem._request.getfixturevalue("shutdown_stress")
+    stress = pyfuncitem.stash[_STRESS]
     params = {name: parametrized[name] for name in argnames}
     stress.run(inspect.unwrap(pyfuncitem.obj), params=params, **options)
     return True

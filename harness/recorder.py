@@ -16,26 +16,29 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from shutdown_harness import MARKER, stressors
+from shutdown_harness import MARKER
 from shutdown_harness.classify import classify, needs_backtrace
 from shutdown_harness.cores import CoreBudget, core_dump_unavailable, gdb_available, run_gdb
 from shutdown_harness.engine import Exit, Job
 from shutdown_harness.errors import UsageError
-from shutdown_harness.plan import RunSpec
-from shutdown_harness.progress import ProgressView
+from shutdown_harness.plan import Cell, Cellinfo, Plan, RunSpec
+from shutdown_harness.progress import Tally
 from shutdown_harness.schema import Verdict, record_fields
 from shutdown_harness.signatures import fingerprint
 
 if TYPE_CHECKING:
-    from shutdown_harness.workflow import Campaign, Cellinfo
+    from shutdown_harness.progress import ProgressView
+    from shutdown_harness.store import ResultStore
+    from shutdown_harness.warm import ForkServer
 
-__all__ = ["Recorder", "now_iso"]
+__all__ = ["Recorder", "RecorderOptions", "Services", "Stop", "now_iso", "FLUSH_EVERY"]
 
 _STDOUT_LIMIT = 4 << 20
 _STDERR_HEAD = 64 << 10
@@ -46,36 +49,96 @@ _TAIL_CHARS = 2000
 #: journal update that costs as much as all the rest of a record's work.
 FLUSH_EVERY = 0.25
 
+#: Asked before each new run with the counts so far: why no new run may start, or None.
+Stop = Callable[[Tally], str | None]
+
+
+class Services(Protocol):
+    """What the recorder needs of a campaign's services (harness.services.ServiceSet)."""
+
+    def healthy(self) -> Mapping[str, bool]: ...
+
+    def restart(self, kind: str) -> None: ...
+
 
 def now_iso(ts: float | None = None) -> str:
     moment = datetime.fromtimestamp(ts, UTC) if ts is not None else datetime.now(UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True)
+class RecorderOptions:
+    """What the recorder does with each exit, from the plan (:meth:`from_plan`)."""
+
+    marker_expected: bool = True  # scenario children print the work-done marker; commands don't
+    load: Mapping[str, Any] = field(default_factory=dict)  # the load label every record keeps
+    pin: frozenset[int] | None = None  # CPUs every child is pinned to
+    cores: bool = True  # core dumps and gdb backtraces (--cores auto)
+    keep_cores: bool = False
+    cores_per_signature: int = 3
+    flush_every: float = FLUSH_EVERY
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> RecorderOptions:
+        return cls(
+            marker_expected=not plan.command,
+            load=plan.load(),
+            pin=frozenset(plan.pin_cpus) if plan.pin_cpus else None,
+            cores=plan.cores != "off",
+            keep_cores=plan.keep_cores,
+            cores_per_signature=plan.cores_per_signature,
+        )
+
+
+def _no_log(text: str) -> None:
+    pass
+
+
 class Recorder:
-    """Turns engine exits into records: classify, backtraces, artifacts, store, progress."""
+    """Turns engine exits into records: classify, backtraces, artifacts, store, progress.
+
+    Its inputs: the ``store`` records go to, the ``cells`` (how each cell's runs start), the
+    ``tally`` that counts flushed records, the campaign's ``services`` (checked after a failed
+    run), its ``options``, a ``log`` for messages, ``stop`` (asked before each new run: the
+    pytest plugin's verdict, a deadline), ``ends_cell`` (whether a cell with these counts is
+    finished: adaptive stopping), the progress ``view`` shown each counted record, and with
+    ``--warm`` the fork server of each warm cell and why the others run cold.
+    """
 
     def __init__(
         self,
-        c: Campaign,
-        view: ProgressView,
+        store: ResultStore,
+        cells: Mapping[Cell, Cellinfo],
+        tally: Tally,
+        *,
+        services: Services | None = None,
+        options: RecorderOptions | None = None,
+        log: Callable[[str], None] = _no_log,
+        stop: Stop | None = None,
         ends_cell: Callable[[Counter[str]], bool] | None = None,
+        view: ProgressView | None = None,
+        warm: Mapping[Cell, ForkServer] | None = None,
+        warm_refused: Mapping[Cell, str] | None = None,
     ) -> None:
-        """``ends_cell(counts)``: whether a cell with these counts is finished (adaptive)."""
-        self.c = c
+        self.store = store
+        self.cells = cells
+        self.tally = tally
+        self.services = services
+        self.options = options = options or RecorderOptions()
+        self.log = log
+        self.stop = stop
         self.ends_cell = ends_cell
         self.view = view
+        self.warm = dict(warm or {})  # a server that dies leaves it: its cell goes cold
+        self.warm_refused = dict(warm_refused or {})
         self.specs: dict[str, RunSpec] = {}
-        self.load = stressors.plan_load(c.plan)
+        self.load = dict(options.load)
         self.lock = threading.Lock()
-        self.command = bool(c.plan.get("command"))
-        self.pin = frozenset(c.plan["pin_cpus"]) if c.plan.get("pin_cpus") else None
-        cores_wanted = c.plan.get("cores", "auto") != "off"
-        self.no_core_reason = core_dump_unavailable() if cores_wanted else "--cores off"
+        self.no_core_reason = core_dump_unavailable() if options.cores else "--cores off"
         self.no_gdb_reason = gdb_available()
-        self.core_budget = CoreBudget(exemplars=c.plan.get("cores_per_signature", 3))
+        self.core_budget = CoreBudget(exemplars=options.cores_per_signature)
         self.analysis = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdb")
-        self.core_dir = c.out / ".cores"
+        self.core_dir = store.folder / ".cores"
         self._unflushed: list[dict[str, Any]] = []
         self._closing = threading.Event()
         self._flusher = threading.Thread(target=self._flush_now_and_then, daemon=True,
@@ -87,19 +150,20 @@ class Recorder:
         from shutdown_harness.warm import is_control
 
         for spec in specs:
-            if self.c.deadline is not None and time.monotonic() > self.c.deadline:
-                self.c.say("deadline reached: no new runs")
+            why = self.stop(self.tally) if self.stop is not None else None
+            if why is not None:
+                self.log(f"{why}: no new runs")
                 return
-            info = self.c.cells[spec.cell]
+            info = self.cells[spec.cell]
             self.specs[spec.run_id] = spec
-            env = info.env.copy()
+            env = dict(info.env)
             env["SHUTDOWN_HARNESS_RUN_ID"] = spec.run_id
-            server = self.c.warm_servers.get(spec.cell)
+            server = self.warm.get(spec.cell)
             if server is not None and server.refused:  # it died: the rest of the cell is cold
-                del self.c.warm_servers[spec.cell]
-                self.c.warm_refused[spec.cell] = server.refused
-                self.c.say(f"warm start stopped for {spec.scenario} / {spec.strategy}, its "
-                           f"next runs start cold: {server.refused}")
+                del self.warm[spec.cell]
+                self.warm_refused[spec.cell] = server.refused
+                self.log(f"warm start stopped for {spec.scenario} / {spec.strategy}, its "
+                         f"next runs start cold: {server.refused}")
                 server = None
             if server is not None and is_control(spec.index, info.runs):
                 server = None  # a cold control of a warm cell
@@ -109,13 +173,13 @@ class Recorder:
                 timeout=info.timeout,
                 env=env,
                 dump_signal=info.dump_signal,
-                cpus=self.pin,
+                cpus=self.options.pin,
                 launcher=None if server is None else server.launch,
             )
 
     def on_exit(self, ex: Exit) -> None:
         spec = self.specs.pop(ex.job.run_id)
-        info = self.c.cells[spec.cell]
+        info = self.cells[spec.cell]
         stdout = ex.stdout.text(0, _STDOUT_LIMIT)
         stderr = ex.stderr.text(_STDERR_HEAD, _STDERR_TAIL)
         if ex.error:
@@ -127,8 +191,8 @@ class Recorder:
             stderr=stderr,
             stdout=stdout,
             timed_out=ex.timed_out,
-            work_done=None if self.command else work_done,
-            marker_expected=not self.command,
+            work_done=work_done if self.options.marker_expected else None,
+            marker_expected=self.options.marker_expected,
             backtrace_unavailable=None if core else self.no_core_reason,
         )
         record: dict[str, Any] = {
@@ -152,8 +216,8 @@ class Recorder:
             "backtrace": None,
             "start": "cold" if ex.job.launcher is None else "warm",
         }
-        if record["start"] == "cold" and spec.cell in self.c.warm_refused:
-            record["warm_refused"] = self.c.warm_refused[spec.cell]
+        if record["start"] == "cold" and spec.cell in self.warm_refused:
+            record["warm_refused"] = self.warm_refused[spec.cell]
         if verdict.category != "clean" and self._service_down(info, record):
             self._finish(record, stdout, stderr, None, core)
             return
@@ -182,7 +246,7 @@ class Recorder:
         self._finish(record, stdout, stderr, None, core)
 
     def _service_down(self, info: Cellinfo, record: dict[str, Any]) -> bool:
-        services = self.c.services
+        services = self.services
         if services is None or not info.services:
             return False
         health = services.healthy()
@@ -199,7 +263,7 @@ class Recorder:
             f"{', '.join(down)} was down after this run: not counted as a crash"
         )
         for kind in down:
-            self.c.say(f"{kind} went down; restarting it")
+            self.log(f"{kind} went down; restarting it")
             services.restart(kind)
         return True
 
@@ -225,8 +289,8 @@ class Recorder:
                 stderr=stderr,
                 stdout=stdout,
                 timed_out=ex.timed_out,
-                work_done=None if self.command else record["work_done"],
-                marker_expected=not self.command,
+                work_done=record["work_done"] if self.options.marker_expected else None,
+                marker_expected=self.options.marker_expected,
                 backtrace=text,
             )
             self.core_budget.record(
@@ -234,7 +298,7 @@ class Recorder:
             )
             record.update(record_fields(verdict.with_note(f"core analysed: {reason}")))
             record["backtrace"] = "gdb"
-            keep_core = bool(self.c.plan.get("keep_cores")) and self.core_budget.keep_core(
+            keep_core = self.options.keep_cores and self.core_budget.keep_core(
                 key, verdict.signature, core.stat().st_size
             )
         except Exception as e:  # noqa: BLE001 - a failed analysis must not lose the run
@@ -257,18 +321,17 @@ class Recorder:
         core: Path | None,
         keep_core: bool = False,
     ) -> None:
-        assert self.c.store is not None
         with self.lock:
-            if self.c.store.wants_artifacts(record):
+            if self.store.wants_artifacts(record):
                 files: dict[str, Path | str] = {"stdout.txt": stdout, "stderr.txt": stderr}
                 if backtrace:
                     files["backtrace.txt"] = backtrace
                 if core is not None and keep_core:
                     files["core"] = core
-                record["artifacts"] = self.c.store.keep_artifacts(record, files)
+                record["artifacts"] = self.store.keep_artifacts(record, files)
             if core is not None and core.exists() and core.parent == self.core_dir:
                 core.unlink()
-            self.c.store.append(record, flush=False)
+            self.store.append(record, flush=False)
             self._unflushed.append(record)
             if self._ends_cell(record):
                 self._flush()
@@ -278,7 +341,7 @@ class Recorder:
         if self.ends_cell is None:
             return False
         cell = (record["scenario"], record["strategy"])
-        counts = Counter(self.c.tally.cells.get(cell, ()))
+        counts = Counter(self.tally.cells.get(cell, ()))
         counts.update(r["category"] for r in self._unflushed
                       if (r["scenario"], r["strategy"]) == cell)
         return self.ends_cell(counts)
@@ -286,16 +349,16 @@ class Recorder:
     def _flush(self) -> None:
         """Flush results.jsonl, then count what it holds now (call with the lock held)."""
         if self._unflushed:
-            assert self.c.store is not None
-            self.c.store.flush()
+            self.store.flush()
             for record in self._unflushed:
-                self.c.tally.add(record)
-                self.view.update(record)
+                self.tally.add(record)
+                if self.view is not None:
+                    self.view.update(record)
             self._unflushed.clear()
 
     def _flush_now_and_then(self) -> None:
         """Flush every FLUSH_EVERY: the bound on how long a record waits to be on disk."""
-        while not self._closing.wait(FLUSH_EVERY):
+        while not self._closing.wait(self.options.flush_every):
             with self.lock:
                 try:
                     self._flush()
@@ -309,3 +372,4 @@ class Recorder:
         self._flusher.join()
         with self.lock:
             self._flush()
+

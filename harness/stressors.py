@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from shutdown_harness.errors import UsageError
@@ -27,7 +26,6 @@ __all__ = [
     "format_cpus",
     "parse_exit_delay",
     "load_label",
-    "plan_load",
 ]
 
 MAX_EXIT_DELAY_S = 60.0
@@ -123,7 +121,3 @@ def load_label(
         "exit_delay": float(exit_delay or 0.0),
     }
 
-
-def plan_load(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """The load label of a campaign's plan (its ``jobs``, ``pin_cpus`` and ``exit_delay``)."""
-    return load_label(plan["jobs"], pin=plan.get("pin_cpus"), exit_delay=plan.get("exit_delay"))

@@ -174,13 +174,14 @@ def run_campaign(*, scenario: str, strategies: Sequence[str], out: Path, runs: i
                  config: Mapping[str, Any], stream: IO[str], argv: Sequence[str],
                  settings: Mapping[str, Any], with_reports: bool = True) -> int:
     """One ``run`` campaign through the workflow's public entry point."""
-    from shutdown_harness.workflow import Campaign, new_plan, run
+    from shutdown_harness.plan import Plan
+    from shutdown_harness.workflow import Options, run
 
-    plan = new_plan(scenarios=[scenario], strategies=list(strategies), runs=runs,
-                    **{k: v for k, v in settings.items() if v is not None})
-    campaign = Campaign(plan=plan, out=out, resume=False, config=dict(config), stream=stream,
-                        argv=list(argv), with_reports=with_reports)
-    return run(campaign)
+    plan = Plan(scenarios=(scenario,), strategies=tuple(strategies), runs=runs,
+                **{k: v for k, v in settings.items() if v is not None})
+    options = Options(out=out, config=dict(config), stream=stream, argv=tuple(argv),
+                      with_reports=with_reports)
+    return run(plan, options).code
 
 
 def results_of(out: Path, package: str, releases: Sequence[Release]) -> None:

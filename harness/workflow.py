@@ -1,13 +1,13 @@
-"""The ``run`` pipeline, as a list of small tasks in one visible order.
+"""The ``run`` pipeline, as small tasks in one visible order (:func:`run`).
 
-    open_campaign -> resolve_scenarios -> start_services -> prepare_strategies -> plan_cells
-        -> write_campaign_file -> start_warm -> execute -> summarize -> write_reports
+    open_campaign -> resolve_scenarios -> services_needed (started) -> prepare_strategies
+        -> plan_cells -> check_gates -> write_campaign_file -> start_warm -> count_recorded
+        -> execute -> summarize -> write_reports
 
-``execute`` feeds the plan to the engine (harness/engine.py); every exit goes to the recorder
-(harness/recorder.py), which classifies it and stores the record.
-
-Each task takes the :class:`Campaign` built so far and adds to it; :func:`run` calls them in
-order and always stops the services and closes the store, also on Ctrl-C / SIGTERM.
+Each task takes plain values (the :class:`~harness.plan.Plan`, the store, the cells...) and
+returns its result; :func:`run` passes them on and always stops the services and closes the
+store, also on Ctrl-C / SIGTERM. ``execute`` feeds the plan to the engine (harness/engine.py);
+every exit goes to the recorder (harness/recorder.py), which classifies it and stores the record.
 """
 
 from __future__ import annotations
@@ -20,111 +20,138 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from shutdown_harness import __version__, stressors
 from shutdown_harness.engine import Engine, raise_core_limit
 from shutdown_harness.errors import EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, UsageError
-from shutdown_harness.plan import Cell, iter_plan, plan_size
+from shutdown_harness.plan import Cell, Cellinfo, Plan, iter_plan, plan_size
 from shutdown_harness.progress import ProgressView, Tally
-from shutdown_harness.recorder import Recorder, now_iso
+from shutdown_harness.recorder import Recorder, RecorderOptions, Stop, now_iso
 from shutdown_harness.store import ResultStore, iter_records
 
-__all__ = ["Campaign", "run", "new_plan", "TASKS", "COMMAND_SCENARIO", "COMMAND_STRATEGY"]
+if TYPE_CHECKING:
+    from shutdown_harness.discovery import ScenarioInfo
+    from shutdown_harness.services import ServiceSet
+    from shutdown_harness.strategies import Strategy
+    from shutdown_harness.warm import ForkServer
+
+__all__ = [
+    "Options",
+    "Outcome",
+    "Prepared",
+    "run",
+    "open_campaign",
+    "resolve_scenarios",
+    "services_needed",
+    "prepare_strategies",
+    "plan_cells",
+    "check_gates",
+    "write_campaign_file",
+    "start_warm",
+    "count_recorded",
+    "execute",
+    "summarize",
+    "write_reports",
+    "COMMAND_SCENARIO",
+    "COMMAND_STRATEGY",
+]
 
 COMMAND_SCENARIO = "command"
 COMMAND_STRATEGY = "host"
 CHILD = Path(__file__).with_name("child.py")
 
-
-@dataclass
-class Cellinfo:
-    """How to start one run of a cell."""
-
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    timeout: float
-    dump_signal: int | None
-    runs: int
-    python: str | None = None
-    executable: str | None = None  # the real binary, for gdb on a core file
-    client_version: str | None = None
-    services: tuple[str, ...] = ()
+Log = Callable[[str], None]
 
 
-@dataclass
-class Campaign:
-    """Everything one ``run`` invocation knows; tasks fill it in order."""
+@dataclass(frozen=True)
+class Options:
+    """How one ``run`` invocation runs: everything that is not the plan."""
 
-    plan: dict[str, Any]
     out: Path
-    resume: bool
-    config: dict[str, Any]
-    stream: IO[str] = field(default_factory=lambda: sys.stdout)
-    argv: list[str] = field(default_factory=list)
-    given: set[str] = field(default_factory=set)  # plan keys set on the command line
-    deadline: float | None = None  # time.monotonic() after which no new run starts
+    resume: bool = False
+    config: Mapping[str, Any] = field(default_factory=dict)
+    argv: tuple[str, ...] = ()
+    given: frozenset[str] = frozenset()  # plan settings given on the command line
     with_reports: bool = True  # write every report format at the end
-    store: ResultStore | None = None
-    services: Any = None  # harness.services.ServiceSet
-    endpoints: dict[str, str] = field(default_factory=dict)
-    scenarios: list[Any] = field(default_factory=list)  # shutdown_harness.discovery.ScenarioInfo
-    strategies: dict[str, Any] = field(default_factory=dict)  # name -> Strategy
-    pythons: dict[str, Path] = field(default_factory=dict)  # strategy -> venv python
-    cells: dict[Cell, Cellinfo] = field(default_factory=dict)
-    not_applicable: dict[str, str] = field(default_factory=dict)  # "scenario/strategy" -> why
-    warm_servers: dict[Cell, Any] = field(default_factory=dict)  # harness.warm.ForkServer
-    warm_refused: dict[Cell, str] = field(default_factory=dict)  # --warm cells run cold: why
-    tally: Tally = field(default_factory=Tally)
+    stream: IO[str] = field(default_factory=lambda: sys.stdout)
+    stop: Stop | None = None  # asked before each new run (pytest plugin: verdict, deadline)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A strategy and the Python its children run under."""
+
+    strategy: Strategy
+    python: Path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one ``run`` did."""
+
+    plan: Plan  # the stored plan when resumed
+    out: Path
+    cells: Mapping[Cell, Cellinfo]
+    tally: Tally
     interrupted: bool = False
-    completed: bool = False
+    completed: bool = False  # every planned run was handed out
     gate_failed: bool = False
-    reports: dict[str, Path] = field(default_factory=dict)
+    reports: Mapping[str, Path] = field(default_factory=dict)
 
-    def say(self, text: str) -> None:
-        self.stream.write(text + "\n")
-        self.stream.flush()
+    @property
+    def code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_GATE if self.gate_failed else EXIT_OK
 
 
-# -- the plan ------------------------------------------------------------------------------
-def new_plan(**settings: Any) -> dict[str, Any]:
-    """A complete plan: ``settings`` over the defaults that ``run`` uses for options not given.
+def _logger(stream: IO[str]) -> Log:
+    def say(text: str) -> None:
+        stream.write(text + "\n")
+        stream.flush()
 
-    ``runs``/``timeout`` None mean each scenario's own defaults; ``seed`` is fixed here, the
-    command line draws a random one and stores it.
-    """
-    plan: dict[str, Any] = {
-        "command": None,
-        "scenarios": None,
-        "strategies": None,
-        "runs": None,
-        "jobs": stressors.cpu_count(),
-        "timeout": None,
-        "seed": 0,
-        "shard": None,
-        "until_halfwidth": None,
-        "etcd": "auto",
-        "valkey": "auto",
-        "services": {},  # declared services: {name: auto|embedded|HOST:PORT}
-        "pin": None,
-        "pin_cpus": None,
-        "exit_delay": None,
-        "cores": "auto",
-        "keep_cores": False,
-        "keep_artifacts": 3,
-        "cores_per_signature": 3,
-        "faulthandler": True,
-        "python": None,  # the interpreter of the strategies' virtualenvs (--python): a path
-        "warm": False,
-    }
-    unknown = sorted(set(settings) - set(plan))
-    if unknown:
-        raise TypeError(f"not plan settings: {', '.join(unknown)}")
-    plan.update(settings)
-    return plan
+    return say
+
+
+# -- the pipeline --------------------------------------------------------------------------
+def run(plan: Plan, options: Options) -> Outcome:
+    """Run a campaign: the tasks below, in this order."""
+    started = time.monotonic()
+    log = _logger(options.stream)
+    out = options.out.absolute()  # the engine steps into slot folders to start children
+    with ExitStack() as cleanup:
+        store, plan = open_campaign(plan, out, options.resume, options.given, log)
+        cleanup.callback(store.close)
+        scenarios = resolve_scenarios(plan, options.config)
+        services = services_needed(scenarios, plan, options.config, log)
+        if services is not None:
+            cleanup.enter_context(services)  # started; stopped on the way out, whatever happens
+        prepared = prepare_strategies(plan, scenarios, options.config, log)
+        cells, not_applicable = plan_cells(plan, scenarios, prepared, services, log)
+        check_gates(options.config, cells, log)
+        if not options.resume:
+            write_campaign_file(store, plan, options.argv, prepared, cells, not_applicable,
+                                services)
+        warm, warm_refused = start_warm(plan, cells, out, log)
+        cleanup.callback(_stop_warm, warm)
+        tally = count_recorded(out)
+        completed, interrupted = execute(
+            plan, cells, store, tally, services=services, stream=options.stream, log=log,
+            stop=options.stop, warm=warm, warm_refused=warm_refused,
+        )
+        summarize(tally, out, completed=completed, interrupted=interrupted, log=log)
+        reports: dict[str, Path] = {}
+        gate_failed = False
+        if options.with_reports and not interrupted:
+            reports, gate_failed = write_reports(out, options.config, options.stream)
+    log(f"({time.monotonic() - started:.1f} s)")
+    return Outcome(plan=plan, out=out, cells=cells, tally=tally, interrupted=interrupted,
+                   completed=completed, gate_failed=gate_failed, reports=reports)
 
 
 # -- environment facts ---------------------------------------------------------------------
@@ -154,134 +181,156 @@ def environment() -> dict[str, Any]:
 RUNTIME_OPTIONS = ("jobs",)
 
 
-def open_campaign(c: Campaign) -> None:
-    """Check the campaign folder, or reopen it with --resume (its stored plan wins)."""
-    c.out = c.out.absolute()  # the engine steps into slot folders to start children
-    c.store = ResultStore(c.out, keep_per_signature=c.plan.get("keep_artifacts", 3))
-    if not c.resume:
-        c.store.check_new()
-        return
-    stored = c.store.resume()["plan"]
-    for key in sorted(c.given):
-        if key not in RUNTIME_OPTIONS and stored.get(key) != c.plan.get(key):
-            raise UsageError(
-                f"{c.out} was planned with {key}={stored.get(key)!r}, not {c.plan.get(key)!r}:"
-                " drop the option to resume it, or use another --out"
-            )
-    c.plan = {**stored, **{k: c.plan[k] for k in RUNTIME_OPTIONS if k in c.given}}
-    c.say(f"resuming {c.out}: {len(c.store.done)} runs already recorded")
+def open_campaign(
+    plan: Plan, out: Path, resume: bool, given: frozenset[str], log: Log
+) -> tuple[ResultStore, Plan]:
+    """Check the campaign folder, or reopen it with --resume: its stored plan wins (the
+    options given again must match it, but for :data:`RUNTIME_OPTIONS`)."""
+    store = ResultStore(out, keep_per_signature=plan.keep_artifacts)
+    if not resume:
+        store.check_new()
+        return store, plan
+    try:
+        stored = Plan.from_dict(store.resume().get("plan") or {})
+        for key in sorted(given):
+            if key not in RUNTIME_OPTIONS and getattr(stored, key) != getattr(plan, key):
+                raise UsageError(
+                    f"{out} was planned with {key}={getattr(stored, key)!r}, not"
+                    f" {getattr(plan, key)!r}: drop the option to resume it, or use another --out"
+                )
+    except BaseException:
+        store.close()
+        raise
+    plan = stored.replace(**{k: getattr(plan, k) for k in RUNTIME_OPTIONS if k in given})
+    store.keep_per_signature = plan.keep_artifacts
+    log(f"resuming {out}: {len(store.done)} runs already recorded")
+    return store, plan
 
 
-def resolve_scenarios(c: Campaign) -> None:
+def resolve_scenarios(plan: Plan, config: Mapping[str, Any]) -> list[ScenarioInfo]:
     """Read the planned scenarios (names or paths; bad ones are a usage error, before any
     service starts)."""
-    if c.plan.get("command"):
-        return
+    if plan.command:
+        return []
     from shutdown_harness import discovery
     from shutdown_harness.service_kinds import kinds
 
-    c.scenarios = discovery.resolve(c.plan["scenarios"], services=kinds(c.config))
+    return discovery.resolve(list(plan.scenarios or ()), services=kinds(config))
 
 
-def start_services(c: Campaign) -> None:
-    """Start (or check) the services the planned scenarios declare, and only those."""
-    needed = sorted({s for info in c.scenarios for s in info.services})
+def services_needed(
+    scenarios: list[ScenarioInfo], plan: Plan, config: Mapping[str, Any], log: Log
+) -> ServiceSet | None:
+    """The services the planned scenarios declare, and only those, not started yet
+    (:func:`run` starts them as a context, so that they are stopped whatever happens)."""
+    needed = sorted({s for info in scenarios for s in info.services})
     if not needed:
-        return
+        return None
     from shutdown_harness import services
 
-    how = {**(c.plan.get("services") or {}), **{k: c.plan.get(k) for k in ("etcd", "valkey")}}
-    c.services = services.ServiceSet(
-        {name: how.get(name) or "auto" for name in needed}, config=c.config, log=c.say
+    how = {**plan.services, "etcd": plan.etcd, "valkey": plan.valkey}
+    return services.ServiceSet(
+        {name: how.get(name) or "auto" for name in needed}, config=config, log=log
     )
-    c.services.start()
-    c.endpoints = c.services.endpoints()
 
 
-def prepare_strategies(c: Campaign) -> None:
+def prepare_strategies(
+    plan: Plan, scenarios: list[ScenarioInfo], config: Mapping[str, Any], log: Log
+) -> dict[str, Prepared]:
     """Build (or reuse) one virtualenv per strategy and check its cleanup mode."""
-    if c.plan.get("command"):
-        return
+    if plan.command:
+        return {}
     from shutdown_harness import strategies, virtualenv
 
-    for strategy in strategies.resolve(c.plan["strategies"], c.config):
-        if c.plan.get("python") and strategy.python is None and strategy.requirements:
-            strategy = dataclasses.replace(strategy, python=c.plan["python"])
+    prepared: dict[str, Prepared] = {}
+    for strategy in strategies.resolve(list(plan.strategies or ()), config):
+        if plan.python and strategy.python is None and strategy.requirements:
+            strategy = dataclasses.replace(strategy, python=plan.python)
         if strategy.requirements:
-            python = virtualenv.ensure(strategy, progress=lambda msg: c.say(f"  {msg}"))
+            python = virtualenv.ensure(strategy, progress=lambda msg: log(f"  {msg}"))
         else:  # an existing interpreter with the client already installed
             python = Path(strategy.python or sys.executable)
-        strategies.check_mode(strategy, python, [info.path.parent for info in c.scenarios])
-        c.strategies[strategy.name] = strategy
-        c.pythons[strategy.name] = python
+        strategies.check_mode(strategy, python, [info.path.parent for info in scenarios])
+        prepared[strategy.name] = Prepared(strategy, python)
+    return prepared
 
 
-def plan_cells(c: Campaign) -> None:
-    """One :class:`Cellinfo` per (scenario, strategy) that can run; the rest are n/a."""
+def plan_cells(
+    plan: Plan,
+    scenarios: list[ScenarioInfo],
+    prepared: Mapping[str, Prepared],
+    services: ServiceSet | None,
+    log: Log,
+) -> tuple[dict[Cell, Cellinfo], dict[str, str]]:
+    """One :class:`Cellinfo` per (scenario, strategy) that can run, and why the others cannot
+    ("scenario/strategy" -> reason)."""
+    cells: dict[Cell, Cellinfo] = {}
+    not_applicable: dict[str, str] = {}
     base_env = dict(os.environ)
-    seed = str(c.plan["seed"])
-    base_env["SHUTDOWN_HARNESS_SEED"] = seed
+    base_env["SHUTDOWN_HARNESS_SEED"] = str(plan.seed)
     base_env["SHUTDOWN_HARNESS_CWD"] = os.getcwd()  # where the harness was started
-    if c.plan.get("command"):
-        command = tuple(_absolute_files(shlex.split(c.plan["command"])))
+    if plan.command:
+        command = tuple(_absolute_files(shlex.split(plan.command)))
         env = {**base_env, "PYTHONFAULTHANDLER": "1"}
-        exe = _which(command[0])
-        c.cells[(COMMAND_SCENARIO, COMMAND_STRATEGY)] = Cellinfo(
+        cells[(COMMAND_SCENARIO, COMMAND_STRATEGY)] = Cellinfo(
             argv=command,
             env=env,
-            timeout=c.plan.get("timeout") or 60.0,
+            timeout=plan.timeout or 60.0,
             dump_signal=signal.SIGABRT,  # with PYTHONFAULTHANDLER=1: all thread stacks
-            runs=c.plan["runs"] or 100,
-            executable=exe,
+            runs=plan.runs or 100,
+            executable=_which(command[0]),
         )
-        return
+        return cells, not_applicable
     from shutdown_harness import discovery, virtualenv
 
-    for info in c.scenarios:
-        for name, strategy in c.strategies.items():
-            python = c.pythons[name]
-            env = {**base_env, **(c.services.env(info.services) if info.services else {})}
+    for info in scenarios:
+        for name, each in prepared.items():
+            strategy, python = each.strategy, each.python
+            env = {**base_env}
+            if info.services and services is not None:
+                env.update(services.env(info.services))
             reason = discovery.probe(info, python, env)
             if reason is not None:
-                c.not_applicable[f"{info.name}/{name}"] = reason
+                not_applicable[f"{info.name}/{name}"] = reason
                 continue
             argv: list[str] = [str(python), str(CHILD), str(info.path), *strategy.child_args()]
-            if c.plan.get("exit_delay"):
-                argv += ["--exit-delay", str(c.plan["exit_delay"])]
-            if not c.plan.get("faulthandler", True):
+            if plan.exit_delay:
+                argv += ["--exit-delay", str(plan.exit_delay)]
+            if not plan.faulthandler:
                 argv += ["--no-faulthandler"]
             versions = virtualenv.installed_versions(python)
-            c.cells[(info.name, name)] = Cellinfo(
+            cells[(info.name, name)] = Cellinfo(
                 argv=tuple(argv),
                 env=env,
-                timeout=c.plan.get("timeout") or info.timeout,
+                timeout=plan.timeout or info.timeout,
                 dump_signal=signal.SIGUSR1,
-                runs=c.plan["runs"] or info.runs,
+                runs=plan.runs or info.runs,
                 python=versions.get("python"),
                 executable=os.path.realpath(python),
                 client_version=_client_version(strategy, versions),
                 services=info.services,
             )
-    for cell, why in c.not_applicable.items():
-        c.say(f"not applicable: {cell}: {why}")
-    if not c.cells:
+    for cell, why in not_applicable.items():
+        log(f"not applicable: {cell}: {why}")
+    if not cells:
         raise UsageError("no scenario can run under the chosen strategies (all not applicable)")
+    return cells, not_applicable
 
 
-def check_gates(c: Campaign) -> None:
+def check_gates(config: Mapping[str, Any], cells: Mapping[Cell, Cellinfo], log: Log) -> None:
     """Say before any run which gate no outcome can pass with the planned runs (e.g.
     max_upper = 0.05 needs 73 runs without a failure): the campaign still measures."""
-    gates = c.config.get("gates")
+    gates = config.get("gates")
     if not gates:
         return
     from shutdown_harness.gates import unreachable
 
-    cells = ((scenario, strategy, info.runs) for (scenario, strategy), info in c.cells.items())
-    for line in unreachable(gates, cells):
-        c.say(f"warning: {line}")
+    planned = ((scenario, strategy, info.runs) for (scenario, strategy), info in cells.items())
+    for line in unreachable(gates, planned):
+        log(f"warning: {line}")
 
 
-def _client_version(strategy: Any, versions: dict[str, str]) -> str | None:
+def _client_version(strategy: Strategy, versions: dict[str, str]) -> str | None:
     found = [f"{d}=={versions[d]}" for d in strategy.distributions if d in versions]
     return "+".join(found) or None
 
@@ -305,26 +354,31 @@ def _which(program: str) -> str | None:
     return os.path.realpath(found) if found else None
 
 
-def write_campaign_file(c: Campaign) -> None:
+def write_campaign_file(
+    store: ResultStore,
+    plan: Plan,
+    argv: tuple[str, ...],
+    prepared: Mapping[str, Prepared],
+    cells: Mapping[Cell, Cellinfo],
+    not_applicable: Mapping[str, str],
+    services: ServiceSet | None,
+) -> None:
     """campaign.json: the plan and what it ran on (new campaigns only)."""
-    assert c.store is not None
-    if c.resume:
-        return
-    c.store.create(
+    store.create(
         {
             "format": 1,
             "created_at": now_iso(),
-            "argv": c.argv,
-            "plan": c.plan,
+            "argv": list(argv),
+            "plan": plan.to_dict(),
             "strategies": {
                 name: {
-                    "requirements": list(s.requirements),
-                    "mode": s.mode,
-                    "cleanup": s.cleanup,
-                    "description": s.description,
-                    "python": s.python,
+                    "requirements": list(p.strategy.requirements),
+                    "mode": p.strategy.mode,
+                    "cleanup": p.strategy.cleanup,
+                    "description": p.strategy.description,
+                    "python": p.strategy.python,
                 }
-                for name, s in c.strategies.items()
+                for name, p in prepared.items()
             },
             "cells": {
                 f"{cell[0]}/{cell[1]}": {
@@ -334,86 +388,123 @@ def write_campaign_file(c: Campaign) -> None:
                     "client_version": info.client_version,
                     "argv": list(info.argv),
                 }
-                for cell, info in c.cells.items()
+                for cell, info in cells.items()
             },
-            "not_applicable": c.not_applicable,
+            "not_applicable": dict(not_applicable),
             "environment": environment(),
-            "services": c.services.describe() if c.services is not None else {},
-            "load": stressors.plan_load(c.plan),
+            "services": services.describe() if services is not None else {},
+            "load": plan.load(),
         }
     )
 
 
-def start_warm(c: Campaign) -> None:
-    """With --warm: one fork server per cell (harness/warm.py); cells that cannot fork run cold."""
-    if not c.plan.get("warm"):
-        return
+def start_warm(
+    plan: Plan, cells: Mapping[Cell, Cellinfo], out: Path, log: Log
+) -> tuple[dict[Cell, ForkServer], dict[Cell, str]]:
+    """With --warm: one fork server per cell (harness/warm.py), and why the cells that cannot
+    fork run cold."""
+    if not plan.warm:
+        return {}, {}
     from shutdown_harness import warm
 
-    if c.plan.get("command"):
+    if plan.command:
         raise UsageError("--warm forks scenario children: it does not apply to --command")
+    refused: dict[Cell, str] = {}
     cannot = warm.become_subreaper()
     unsafe = warm.unsafe_modules()
     servers: dict[Cell, warm.ForkServer] = {}
-    for cell, info in c.cells.items():
-        if cannot:
-            c.warm_refused[cell] = cannot
-            continue
-        log = c.out / ".work" / "warm" / f"{len(servers)}.log"
-        server = warm.ForkServer(str(info.argv[0]), info.argv, info.env, log, unsafe)
-        server.spawn()
-        servers[cell] = server
-    for cell, server in servers.items():  # their imports ran side by side
-        reason = server.ready()
-        if reason is None:
-            c.warm_servers[cell] = server
-        else:
-            c.warm_refused[cell] = reason
-    for (scenario, strategy), reason in c.warm_refused.items():
-        c.say(f"warm start refused for {scenario} / {strategy}, its runs start cold: {reason}")
-    if c.warm_servers:
-        c.say(f"warm start: {len(c.warm_servers)} fork servers ready; cold controls: "
-              f"{warm.CONTROL_FRACTION:.0%} of each cell's runs, at least {warm.MIN_CONTROLS}")
+    ready: dict[Cell, warm.ForkServer] = {}
+    try:
+        for cell, info in cells.items():
+            if cannot:
+                refused[cell] = cannot
+                continue
+            server_log = out / ".work" / "warm" / f"{len(servers)}.log"
+            server = warm.ForkServer(str(info.argv[0]), info.argv, info.env, server_log, unsafe)
+            servers[cell] = server
+            server.spawn()
+        for cell, server in servers.items():  # their imports ran side by side
+            reason = server.ready()
+            if reason is None:
+                ready[cell] = server
+            else:
+                refused[cell] = reason
+                server.close()
+    except BaseException:
+        _stop_warm(servers)
+        raise
+    for (scenario, strategy), reason in refused.items():
+        log(f"warm start refused for {scenario} / {strategy}, its runs start cold: {reason}")
+    if ready:
+        log(f"warm start: {len(ready)} fork servers ready; cold controls: "
+            f"{warm.CONTROL_FRACTION:.0%} of each cell's runs, at least {warm.MIN_CONTROLS}")
+    return ready, refused
 
 
-def stop_warm(c: Campaign) -> None:
-    for server in c.warm_servers.values():
+def _stop_warm(servers: Mapping[Cell, ForkServer]) -> None:
+    for server in servers.values():
         server.close()
-    c.warm_servers.clear()
 
 
-def execute(c: Campaign) -> None:
-    """Run the plan through the engine; every finished run is on disk before it is counted."""
-    assert c.store is not None
-    cells = list(c.cells)
-    runs = {cell: info.runs for cell, info in c.cells.items()}
-    shard = (c.plan["shard"][0], c.plan["shard"][1]) if c.plan.get("shard") else None
-    planned = plan_size(cells, runs, shard)
-    for record in iter_records(c.out):  # a resumed campaign counts what it already has
-        c.tally.add(record)
-    counter_done = _adaptive(c) if c.plan.get("until_halfwidth") else None
-    cell_done = _cell_done(c, counter_done) if counter_done is not None else None
-    if c.plan.get("cores", "auto") != "off":
+def count_recorded(out: Path) -> Tally:
+    """The counts of what is already on disk (a resumed campaign counts what it has)."""
+    tally = Tally()
+    for record in iter_records(out):
+        tally.add(record)
+    return tally
+
+
+def execute(
+    plan: Plan,
+    cells: Mapping[Cell, Cellinfo],
+    store: ResultStore,
+    tally: Tally,
+    *,
+    services: ServiceSet | None = None,
+    stream: IO[str] | None = None,
+    log: Log | None = None,
+    stop: Stop | None = None,
+    warm: Mapping[Cell, ForkServer] | None = None,
+    warm_refused: Mapping[Cell, str] | None = None,
+) -> tuple[bool, bool]:
+    """Run the plan through the engine; every finished run is on disk before it is counted
+    in ``tally``. Returns (completed: every run handed out, interrupted: Ctrl-C / SIGTERM)."""
+    stream = stream or sys.stdout
+    log = log or _logger(stream)
+    out = store.folder
+    runs = {cell: info.runs for cell, info in cells.items()}
+    shard = (plan.shard[0], plan.shard[1]) if plan.shard else None
+    planned = plan_size(list(cells), runs, shard)
+    counter_done = _adaptive(plan.until_halfwidth) if plan.until_halfwidth else None
+    cell_done = _cell_done(tally, counter_done) if counter_done is not None else None
+    if plan.cores != "off":
         raise_core_limit()
-    remaining = planned - len(c.store.done)
+    remaining = planned - len(store.done)
     # No more slots than runs: the load each record names is the concurrency that ran.
-    jobs = max(1, min(c.plan["jobs"], remaining))
-    engine = Engine(c.out / ".work", jobs=jobs)
-    previous = {
-        sig: signal.signal(sig, lambda *_: _interrupt(c, engine))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    c.say(f"{remaining} runs to do ({planned} planned) with {jobs} jobs -> {c.out}")
-    done = c.store.done
+    jobs = max(1, min(plan.jobs, remaining))
+    engine = Engine(out / ".work", jobs=jobs)
+    interrupted = False
+
+    def interrupt(*_: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+        engine.stop()
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    done = store.done
+    log(f"{remaining} runs to do ({planned} planned) with {jobs} jobs -> {out}")
     try:
         with ProgressView(
-            c.tally, planned, stream=c.stream, already=len(done), adaptive=cell_done is not None
+            tally, planned, stream=stream, already=len(done), adaptive=cell_done is not None
         ) as view:
-            recorder = Recorder(c, view, ends_cell=counter_done)
-            recorder.load = stressors.plan_load({**c.plan, "jobs": jobs})
+            options = RecorderOptions.from_plan(plan.replace(jobs=jobs))
+            recorder = Recorder(
+                store, cells, tally, services=services, options=options, log=log, stop=stop,
+                ends_cell=counter_done, view=view, warm=warm, warm_refused=warm_refused,
+            )
             try:
-                c.completed = engine.run(
-                    recorder.jobs(iter_plan(cells, runs, shard, done, cell_done)),
+                completed = engine.run(
+                    recorder.jobs(iter_plan(list(cells), runs, shard, done, cell_done)),
                     recorder.on_exit,
                 )
             finally:
@@ -421,8 +512,9 @@ def execute(c: Campaign) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _remove_tree(c.out / ".work")
-        _remove_tree(c.out / ".cores")
+        _remove_tree(out / ".work")
+        _remove_tree(out / ".cores")
+    return completed, interrupted
 
 
 def _remove_tree(path: Path) -> None:
@@ -431,87 +523,49 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _interrupt(c: Campaign, engine: Engine) -> None:
-    c.interrupted = True
-    engine.stop()
-
-
-def _adaptive(c: Campaign) -> Callable[[Counter[str]], bool]:
+def _adaptive(width: float) -> Callable[[Counter[str]], bool]:
     """Whether a cell's counts are enough to stop it (``--until-halfwidth``)."""
     from shutdown_harness.stats import cell_done
 
-    width = float(c.plan["until_halfwidth"])
-
     def done(counter: Counter[str]) -> bool:
-        return bool(cell_done(Tally.failures(counter), Tally.runs(counter), width))
+        return bool(cell_done(Tally.failures(counter), Tally.runs(counter), float(width)))
 
     return done
 
 
 def _cell_done(
-    c: Campaign, counter_done: Callable[[Counter[str]], bool]
+    tally: Tally, counter_done: Callable[[Counter[str]], bool]
 ) -> Callable[[Cell], bool]:
     """Whether a cell is finished, by what is on disk (the campaign's tally)."""
 
     def done(cell: Cell) -> bool:
-        counter = c.tally.cells.get(cell)
+        counter = tally.cells.get(cell)
         return counter is not None and counter_done(counter)
 
     return done
 
 
-def summarize(c: Campaign) -> None:
+def summarize(tally: Tally, out: Path, *, completed: bool, interrupted: bool, log: Log) -> None:
     """The last lines on the terminal: one per cell, and where everything is."""
-    state = "interrupted" if c.interrupted else ("done" if c.completed else "stopped")
-    c.say(f"\n{state}: {sum(c.tally.total.values())} runs in {c.out}")
+    state = "interrupted" if interrupted else ("done" if completed else "stopped")
+    log(f"\n{state}: {sum(tally.total.values())} runs in {out}")
     from shutdown_harness.versions import label_key
 
     for (scenario, strategy), counter in sorted(
-        c.tally.cells.items(), key=lambda item: (item[0][0], label_key(item[0][1]))
+        tally.cells.items(), key=lambda item: (item[0][0], label_key(item[0][1]))
     ):
-        c.say(f"  {scenario} / {strategy}: {Tally.describe(counter)}")
-    if c.interrupted:
-        c.say(f"resume with: shutdown-harness run --resume --out {c.out}")
+        log(f"  {scenario} / {strategy}: {Tally.describe(counter)}")
+    if interrupted:
+        log(f"resume with: shutdown-harness run --resume --out {out}")
 
 
-def write_reports(c: Campaign) -> None:
-    """Every report format next to the results; the terminal table; gates decide the exit."""
-    if c.interrupted or not c.with_reports:
-        return
+def write_reports(
+    out: Path, config: Mapping[str, Any], stream: IO[str]
+) -> tuple[dict[str, Path], bool]:
+    """Every report format next to the results and the terminal table; returns the reports
+    written and whether a gate failed."""
     from shutdown_harness import reports
 
-    data = reports.prepare(c.out, c.config.get("gates") or {})
-    c.reports = reports.write_all(data, c.out)
-    c.gate_failed = reports.print_terminal(data, c.stream)
-
-
-TASKS: list[Callable[[Campaign], None]] = [
-    open_campaign,
-    resolve_scenarios,
-    start_services,
-    prepare_strategies,
-    plan_cells,
-    check_gates,
-    write_campaign_file,
-    start_warm,
-    execute,
-    summarize,
-    write_reports,
-]
-
-
-def run(c: Campaign) -> int:
-    started = time.monotonic()
-    try:
-        for task in TASKS:
-            task(c)
-    finally:
-        stop_warm(c)
-        if c.services is not None:
-            c.services.stop()
-        if c.store is not None:
-            c.store.close()
-    c.say(f"({time.monotonic() - started:.1f} s)")
-    if c.interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_GATE if c.gate_failed else EXIT_OK
+    data = reports.prepare(out, config.get("gates") or {})
+    written = reports.write_all(data, out)
+    return written, reports.print_terminal(data, stream)

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -246,22 +247,22 @@ def test_assert_rate_below_uses_the_upper_bound() -> None:
         _result(0, 0).assert_rate_below(0.05)
 
 
-def test_deciding_tally_stops_only_when_passing_is_impossible() -> None:
-    class _Campaign:
-        deadline: float | None = None
+def test_stop_callback_stops_only_when_passing_is_impossible() -> None:
+    from shutdown_harness.progress import Tally
 
-    tally = pytest_plugin._DecidingTally(planned=90, bound=0.05)
-    tally.campaign = campaign = _Campaign()
+    tally = Tally()
+    stop = pytest_plugin._Stop(planned=90, bound=0.05, deadline=None)
     clean = {"category": "clean", "scenario": "s", "strategy": "t"}
     for _ in range(10):
         tally.add(clean)
-    assert campaign.deadline is None
+    assert stop(tally) is None and stop.stopped is None
     tally.add({**clean, "category": "crash"})  # 1 failure: at best 1/90, upper bound 6.0%
-    assert campaign.deadline == float("-inf") and tally.decided
-    lenient = pytest_plugin._DecidingTally(planned=90, bound=0.10)
-    lenient.campaign = campaign = _Campaign()
-    lenient.add({**clean, "category": "crash"})  # 1/90 could still pass a 10% bound
-    assert campaign.deadline is None
+    assert stop(tally) is not None and stop.stopped == "decided"
+    lenient = pytest_plugin._Stop(planned=90, bound=0.10, deadline=None)
+    assert lenient(tally) is None  # 1/90 could still pass a 10% bound
+    late = pytest_plugin._Stop(planned=90, bound=None, deadline=time.monotonic() - 1)
+    assert late(tally) is not None and late.stopped == "deadline"
+
 
 
 HOPELESS_TESTS = '''

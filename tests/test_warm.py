@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from shutdown_harness import warm
 from shutdown_harness.engine import Engine, Exit, Job, raise_core_limit
+from shutdown_harness.plan import Plan
 from shutdown_harness.store import iter_records
-from shutdown_harness.workflow import CHILD, Campaign, new_plan, run
+from shutdown_harness.workflow import CHILD, Options, Outcome, run
 
 CHILDREN = Path(__file__).parent / "children"
 BEHAVE = CHILDREN / "warm_behave.py"
@@ -142,20 +143,22 @@ def test_an_unsafe_import_refuses_warm_start(tmp_path: Path) -> None:
     assert reason is not None and "json, listed as unsafe to fork" in reason
 
 
-def _campaign(tmp_path: Path, scenario: Path, runs: int, action: str = "ok") -> Campaign:
+def _campaign(tmp_path: Path, scenario: Path, runs: int) -> tuple[Outcome, str]:
+    """Run a --warm campaign; its outcome and what it said."""
     config = {"strategies": {"host": {"python": sys.executable}}}
-    plan = new_plan(scenarios=[str(scenario)], strategies=["host"], runs=runs, jobs=2,
-                    seed=1, warm=True)
-    return Campaign(plan=plan, out=tmp_path / "c", resume=False, config=config,
-                    stream=io.StringIO())
+    plan = Plan(scenarios=(str(scenario),), strategies=("host",), runs=runs, jobs=2, seed=1,
+                warm=True)
+    stream = io.StringIO()
+    outcome = run(plan, Options(out=tmp_path / "c", config=config, stream=stream))
+    return outcome, stream.getvalue()
 
 
 def test_warm_campaign_marks_every_record_and_interleaves_cold_controls(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WARM_BEHAVE", "ok")
-    c = _campaign(tmp_path, BEHAVE, runs=30)
-    assert run(c) == 0
+    c, said = _campaign(tmp_path, BEHAVE, runs=30)
+    assert c.code == 0
     records = sorted(iter_records(c.out), key=lambda r: r["index"])
     assert len(records) == 30
     starts = {r["index"]: r["start"] for r in records}
@@ -170,13 +173,12 @@ def test_warm_campaign_marks_every_record_and_interleaves_cold_controls(
         report["cells"][0]["load_label"], "warm": [0, 10], "cold": [0, 20], "p_value": 1.0,
         "differs": False,
     }]
-    assert "Fidelity" in c.stream.getvalue()  # type: ignore[attr-defined]
+    assert "Fidelity" in said
 
 
 def test_a_cell_that_cannot_fork_runs_cold_and_says_why(tmp_path: Path) -> None:
-    c = _campaign(tmp_path, THREAD_AT_IMPORT, runs=4)
-    assert run(c) == 0
-    out = c.stream.getvalue()  # type: ignore[attr-defined]
+    c, out = _campaign(tmp_path, THREAD_AT_IMPORT, runs=4)
+    assert c.code == 0
     assert "warm start refused for thread_at_import / host" in out
     records = list(iter_records(c.out))
     assert len(records) == 4

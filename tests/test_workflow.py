@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from shutdown_harness import config as config_module
+from shutdown_harness.plan import Plan
 from shutdown_harness.stats import cell_done
 from shutdown_harness.store import iter_records
-from shutdown_harness.workflow import Campaign, new_plan, run
+from shutdown_harness.workflow import Options, Outcome, run
 
 SLOW_PUT = '''"""Puts a key every 50 ms for 0.4 s: long enough to be caught by a dying etcd."""
 import asyncio, os
@@ -34,7 +35,7 @@ async def main():
 '''
 
 
-def _plan(**overrides: Any) -> dict[str, Any]:
+def _plan(**overrides: Any) -> Plan:
     settings: dict[str, Any] = {
         "scenarios": ["sanity"],
         "strategies": ["etcd-0.5.1"],
@@ -44,14 +45,34 @@ def _plan(**overrides: Any) -> dict[str, Any]:
         "etcd": "embedded",
         "valkey": "embedded",
     }
-    return new_plan(**{**settings, **overrides})
+    return Plan(**{**settings, **overrides})
 
 
-def _campaign(out: Path, **overrides: Any) -> Campaign:
-    return Campaign(
-        plan=_plan(**overrides), out=out, resume=False, config=config_module.load(),
-        stream=io.StringIO(),
-    )
+def _run(out: Path, stream: io.StringIO | None = None, **overrides: Any) -> Outcome:
+    options = Options(out=out, config=config_module.load(), stream=stream or io.StringIO())
+    return run(_plan(**overrides), options)
+
+
+def _etcd_pid(out: Path) -> int | None:
+    """The pid of the embedded etcd serving the campaign in ``out`` (from campaign.json's
+    endpoint: the process whose command line names its port)."""
+    try:
+        endpoint = json.loads((out / "campaign.json").read_text())["services"]["etcd"]["endpoint"]
+    except (OSError, ValueError, KeyError):
+        return None
+    port = endpoint.rsplit(":", 1)[1]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and Path(argv[0].decode()).name == "etcd" and any(
+            arg.decode().endswith(f":{port}") for arg in argv
+        ):
+            return int(proc.name)
+    return None
 
 
 @pytest.mark.etcd
@@ -60,25 +81,25 @@ def test_etcd_killed_mid_campaign_is_infra_restarted_and_survived(tmp_path: Path
     scenario = tmp_path / "slow_put.py"
     scenario.write_text(SLOW_PUT)
     out = tmp_path / "campaign"
-    campaign = _campaign(out, scenarios=[str(scenario)], runs=30)
+    stream = io.StringIO()
     killed: list[int] = []
 
     def killer() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if sum(1 for _ in iter_records(out)) >= 6 and campaign.services is not None:
-                service = campaign.services["etcd"]
-                killed.append(service.pid)
-                os.kill(service.pid, signal.SIGKILL)
+            pid = _etcd_pid(out) if sum(1 for _ in iter_records(out)) >= 6 else None
+            if pid is not None:
+                killed.append(pid)
+                os.kill(pid, signal.SIGKILL)
                 return
             time.sleep(0.05)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    code = run(campaign)
+    outcome = _run(out, stream, scenarios=[str(scenario)], runs=30)
     thread.join(5)
     assert killed, "etcd was never killed"
-    assert code == 0
+    assert outcome.code == 0
     records = list(iter_records(out))
     assert len(records) == 30  # nothing lost, nothing duplicated
     infra = [r for r in records if r["category"] == "infra"]
@@ -88,18 +109,18 @@ def test_etcd_killed_mid_campaign_is_infra_restarted_and_survived(tmp_path: Path
     ]
     last_infra = max(r["started_at"] for r in infra)
     assert any(r["category"] == "clean" and r["started_at"] > last_infra for r in records)
-    assert "restarted" in campaign.stream.getvalue()  # type: ignore[attr-defined]
+    assert "restarted" in stream.getvalue()
     report = json.loads((out / "report.json").read_text())
     assert "infra" in json.dumps(report)
 
 
 @pytest.mark.etcd
 def test_not_applicable_cells_are_reported_not_failed(tmp_path: Path) -> None:
-    campaign = _campaign(
+    outcome = _run(
         tmp_path / "na", scenarios=["sanity", "etcd_and_valkey"], strategies=["etcd-0.5.1"],
         runs=2,
     )
-    assert run(campaign) == 0
+    assert outcome.code == 0
     stored = json.loads((tmp_path / "na" / "campaign.json").read_text())
     assert "etcd_and_valkey/etcd-0.5.1" in stored["not_applicable"]
     assert "valkey-glide" in stored["not_applicable"]["etcd_and_valkey/etcd-0.5.1"]
@@ -109,11 +130,11 @@ def test_not_applicable_cells_are_reported_not_failed(tmp_path: Path) -> None:
 def test_pinned_children_run_on_the_pinned_cpu(tmp_path: Path) -> None:
     cpu = sorted(os.sched_getaffinity(0))[-1]
     command = f"{sys.executable} -c 'import os; print(sorted(os.sched_getaffinity(0)))'"
-    campaign = _campaign(
+    outcome = _run(
         tmp_path / "pin", command=command, scenarios=None, strategies=None, runs=3,
         pin=str(cpu), pin_cpus=[cpu],
     )
-    assert run(campaign) == 0
+    assert outcome.code == 0
     records = list(iter_records(tmp_path / "pin"))
     assert len(records) == 3
     assert all(r["load"]["pin"] == str(cpu) and r["load"]["cpus"] == 1 for r in records)
@@ -122,11 +143,11 @@ def test_pinned_children_run_on_the_pinned_cpu(tmp_path: Path) -> None:
 
 
 def test_adaptive_stop_ends_a_clear_cell_early(tmp_path: Path) -> None:
-    campaign = _campaign(
+    outcome = _run(
         tmp_path / "ad", command=f"{sys.executable} -c pass", scenarios=None, strategies=None,
         runs=2000, until_halfwidth=0.05, cores="off",
     )
-    assert run(campaign) == 0
+    assert outcome.code == 0
     count = sum(1 for _ in iter_records(tmp_path / "ad"))
     # 0 failures: the cell is done at the first n whose Wilson half-width is <= 5% (~37 runs).
     enough = next(n for n in range(1, 2000) if cell_done(0, n, 0.05))
@@ -145,11 +166,11 @@ def test_crashes_beyond_the_gdb_budget_get_the_signature_of_their_exemplars(
         pytest.skip(f"no native backtraces here: {gdb_available() or core_dump_unavailable()}")
     behave = Path(__file__).parent / "children" / "behave.py"
     out = tmp_path / "segv"
-    campaign = _campaign(
+    outcome = _run(
         out, command=f"{sys.executable} {behave} segv", scenarios=None, strategies=None,
         runs=24, cores_per_signature=2,
     )
-    assert run(campaign) == 0
+    assert outcome.code == 0
     records = list(iter_records(out))
     assert len(records) == 24
     sources = {r["signature_source"] for r in records}
@@ -199,10 +220,10 @@ def test_a_scenario_without_services_starts_none(
     scenario = tmp_path / "no_service.py"
     scenario.write_text(NO_SERVICE)
     out = tmp_path / "none"
-    campaign = _campaign(out, scenarios=[str(scenario)], runs=3, etcd="auto", valkey="auto")
-    assert run(campaign) == 0
-    assert campaign.services is None  # nothing was started, not even checked
-    log = campaign.stream.getvalue()  # type: ignore[attr-defined]
+    stream = io.StringIO()
+    outcome = _run(out, stream, scenarios=[str(scenario)], runs=3, etcd="auto", valkey="auto")
+    assert outcome.code == 0
+    log = stream.getvalue()
     assert "starting " not in log and " ready at " not in log, log  # what ServiceSet says
     assert json.loads((out / "campaign.json").read_text())["services"] == {}
     records = list(iter_records(out))
@@ -217,10 +238,8 @@ def test_a_valkey_only_scenario_gets_valkey_and_no_etcd(
     scenario = tmp_path / "valkey_only.py"
     scenario.write_text(VALKEY_ONLY)
     out = tmp_path / "valkey"
-    campaign = _campaign(
-        out, scenarios=[str(scenario)], strategies=["valkey-glide==2.6.0"], runs=4
-    )
-    assert run(campaign) == 0
+    outcome = _run(out, scenarios=[str(scenario)], strategies=["valkey-glide==2.6.0"], runs=4)
+    assert outcome.code == 0
     described = json.loads((out / "campaign.json").read_text())["services"]
     assert list(described) == ["valkey"] and described["valkey"]["mode"] == "embedded"
     assert described["valkey"]["env"] == "SHUTDOWN_HARNESS_VALKEY"
@@ -273,18 +292,18 @@ def test_a_declared_service_killed_mid_campaign_is_infra_and_restarted(tmp_path:
     scenario = tmp_path / "web.py"
     scenario.write_text(DECLARED_WEB)
     out = tmp_path / "web"
-    campaign = Campaign(
-        plan=_plan(scenarios=[str(scenario)], strategies=["here"], runs=6, jobs=1),
-        out=out, resume=False, config=config_module.load(_pyproject(tmp_path)),
-        stream=io.StringIO(),
+    stream = io.StringIO()
+    outcome = run(
+        _plan(scenarios=[str(scenario)], strategies=["here"], runs=6, jobs=1),
+        Options(out=out, config=config_module.load(_pyproject(tmp_path)), stream=stream),
     )
-    assert run(campaign) == 0
+    assert outcome.code == 0
     records = sorted(iter_records(out), key=lambda r: r["index"])
     assert [r["category"] for r in records] == ["clean", "clean", "infra"] + ["clean"] * 3
     assert records[2]["signature"] == "infra-service-down:web"
     described = json.loads((out / "campaign.json").read_text())["services"]
     assert list(described) == ["web"] and described["web"]["env"] == "WEB_AT"
-    assert "web went down; restarting it" in campaign.stream.getvalue()  # type: ignore[attr-defined]
+    assert "web went down; restarting it" in stream.getvalue()
 
 
 # -- cleanup hooks of any package ----------------------------------------------------------
@@ -307,11 +326,11 @@ def test_a_cleanup_hook_next_to_the_scenario_runs_inline_and_named(tmp_path: Pat
     config["strategies"] = {**config["strategies"], "mine-atexit": named}
     out = tmp_path / "hooks"
     inline = "etcd-client-py==0.5.1@explicit:my_cleanup:shutdown"
-    campaign = Campaign(
-        plan=_plan(scenarios=[str(scenario)], strategies=[inline, "mine-atexit"], runs=2),
-        out=out, resume=False, config=config, stream=io.StringIO(),
+    outcome = run(
+        _plan(scenarios=[str(scenario)], strategies=[inline, "mine-atexit"], runs=2),
+        Options(out=out, config=config),
     )
-    assert run(campaign) == 0
+    assert outcome.code == 0
     records = list(iter_records(out))
     assert sorted(r["strategy"] for r in records) == [inline, inline, "mine-atexit", "mine-atexit"]
     for record in records:
