@@ -34,11 +34,10 @@ from shutdown_harness.schema import Verdict, record_fields
 from shutdown_harness.signatures import fingerprint
 
 if TYPE_CHECKING:
-    from shutdown_harness.progress import ProgressView
     from shutdown_harness.store import ResultStore
     from shutdown_harness.warm import ForkServer
 
-__all__ = ["Recorder", "RecorderOptions", "Services", "Stop", "now_iso", "FLUSH_EVERY"]
+__all__ = ["Recorder", "RecorderOptions", "Services", "View", "Stop", "now_iso", "FLUSH_EVERY"]
 
 _STDOUT_LIMIT = 4 << 20
 _STDERR_HEAD = 64 << 10
@@ -59,6 +58,12 @@ class Services(Protocol):
     def healthy(self) -> Mapping[str, bool]: ...
 
     def restart(self, kind: str) -> None: ...
+
+
+class View(Protocol):
+    """Shown each record once counted (harness.progress.ProgressView)."""
+
+    def update(self, record: dict[str, Any]) -> None: ...
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -116,7 +121,7 @@ class Recorder:
         log: Callable[[str], None] = _no_log,
         stop: Stop | None = None,
         ends_cell: Callable[[Counter[str]], bool] | None = None,
-        view: ProgressView | None = None,
+        view: View | None = None,
         warm: Mapping[Cell, ForkServer] | None = None,
         warm_refused: Mapping[Cell, str] | None = None,
     ) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 from shutdown_harness.errors import UsageError
-from shutdown_harness.plan import RunSpec, iter_plan, parse_shard, plan_size
+from shutdown_harness.plan import Plan, RunSpec, iter_plan, parse_shard, plan_size
 
 CELLS = [("watch", "a"), ("watch", "b")]
 
@@ -57,3 +60,27 @@ def test_bad_shard(text: str) -> None:
 def test_good_shard() -> None:
     assert parse_shard(" 2/4 ") == (2, 4)
     assert parse_shard(None) is None
+
+
+# -- the Plan ------------------------------------------------------------------------------
+def test_plan_defaults_live_in_one_place_and_round_trip_through_json() -> None:
+    plan = Plan(scenarios=["a", "b"], shard=(2, 4), pin_cpus=[0], runs=7)
+    assert plan.scenarios == ("a", "b") and plan.pin_cpus == (0,)  # frozen all the way down
+    assert (plan.cores, plan.keep_artifacts, plan.cores_per_signature) == ("auto", 3, 3)
+    stored = json.loads(json.dumps(plan.to_dict()))
+    assert stored["scenarios"] == ["a", "b"] and stored["shard"] == [2, 4]
+    assert stored == plan.to_dict()  # what campaign.json holds is what to_dict gives
+    assert Plan.from_dict(stored) == plan
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.runs = 8  # type: ignore[misc]
+    assert plan.replace(runs=8).runs == 8 and plan.runs == 7
+
+
+def test_plan_from_an_older_campaign_takes_defaults_for_what_it_lacks() -> None:
+    old = {"scenarios": ["sanity"], "strategies": ["etcd-0.5.1"], "runs": 4, "jobs": 2,
+           "seed": 9, "etcd": None, "cores": None, "timeout": None}
+    plan = Plan.from_dict(old)
+    assert (plan.etcd, plan.cores, plan.timeout, plan.seed) == ("auto", "auto", None, 9)
+    assert plan.faulthandler is True and plan.keep_artifacts == 3
+    with pytest.raises(UsageError, match="does not know: colour"):
+        Plan.from_dict({**old, "colour": "blue"})

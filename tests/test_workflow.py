@@ -339,3 +339,25 @@ def test_a_cleanup_hook_next_to_the_scenario_runs_inline_and_named(tmp_path: Pat
         assert "my_cleanup.shutdown ran" in stdout
     cells = json.loads((out / "campaign.json").read_text())["cells"]
     assert "--cleanup" in cells[f"no_service/{inline}"]["argv"]
+
+
+# -- tasks alone -----------------------------------------------------------------------------
+def test_resume_reads_an_older_plan_and_checks_the_options_given_again(tmp_path: Path) -> None:
+    from shutdown_harness.errors import UsageError
+    from shutdown_harness.workflow import open_campaign
+
+    out = tmp_path / "old"
+    out.mkdir()
+    # A campaign.json from before some settings existed: they take their defaults.
+    old = {"scenarios": ["sanity"], "strategies": ["etcd-0.5.1"], "runs": 4, "jobs": 2,
+           "seed": 9, "shard": [1, 2], "etcd": "auto", "cores": "auto"}
+    (out / "campaign.json").write_text(json.dumps({"format": 1, "plan": old}))
+    said: list[str] = []
+    given = Plan(runs=4, jobs=1, seed=123)  # seed drawn afresh: not given, so not compared
+    store, plan = open_campaign(given, out, True, frozenset({"runs", "jobs"}), said.append)
+    store.close()
+    assert plan == Plan.from_dict(old).replace(jobs=1)  # the stored plan, jobs as given now
+    assert plan.seed == 9 and plan.shard == (1, 2) and plan.keep_artifacts == 3
+    assert said == [f"resuming {out}: 0 runs already recorded"]
+    with pytest.raises(UsageError, match="planned with runs=4, not 5"):
+        open_campaign(given.replace(runs=5), out, True, frozenset({"runs"}), said.append)
