@@ -19,16 +19,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from shutdown_harness import __version__
 from shutdown_harness import config as config_module
 from shutdown_harness.errors import EXIT_OK, EXIT_USAGE, UsageError
+from shutdown_harness.plan import Plan, parse_shard
 from shutdown_harness.service_kinds import BUILTIN, ServiceKind
 from shutdown_harness.stressors import parse_exit_delay, parse_jobs
-
-if TYPE_CHECKING:
-    from shutdown_harness.plan import Plan
 
 __all__ = ["main", "build_parser"]
 
@@ -411,9 +409,6 @@ def _plan_from_args(
         "[tool.shutdown-harness] default-strategies",
         config.get("default-strategies", [default_strategy]),
     )
-    # Here, not at the top: dataclasses imports inspect (~10 ms), which --help does not need.
-    from shutdown_harness.plan import Plan, parse_shard
-
     pin = pick("pin")
     chosen = {
         "runs": pick("runs"),
