@@ -16,6 +16,7 @@ import dataclasses
 import os
 import platform
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -26,19 +27,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from shutdown_harness import __version__, stressors
+from shutdown_harness import (
+    __version__,
+    discovery,
+    reports,
+    strategies,
+    stressors,
+    virtualenv,
+)
 from shutdown_harness.engine import Engine, raise_core_limit
 from shutdown_harness.errors import EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, UsageError
+from shutdown_harness.gates import unreachable
 from shutdown_harness.plan import Cell, Cellinfo, Plan, iter_plan, plan_size
 from shutdown_harness.progress import ProgressView, Tally
 from shutdown_harness.recorder import Recorder, RecorderOptions, Stop, now_iso
+from shutdown_harness.service_kinds import kinds
+from shutdown_harness.stats import cell_done
 from shutdown_harness.store import ResultStore, iter_records
+from shutdown_harness.versions import label_key
+from shutdown_harness.warm import (
+    CONTROL_FRACTION,
+    MIN_CONTROLS,
+    ForkServer,
+    become_subreaper,
+    unsafe_modules,
+)
 
 if TYPE_CHECKING:
-    from shutdown_harness.discovery import ScenarioInfo
     from shutdown_harness.services import ServiceSet
-    from shutdown_harness.strategies import Strategy
-    from shutdown_harness.warm import ForkServer
 
 __all__ = [
     "Options",
@@ -86,7 +102,7 @@ class Options:
 class Prepared:
     """A strategy and the Python its children run under."""
 
-    strategy: Strategy
+    strategy: strategies.Strategy
     python: Path
 
 
@@ -207,19 +223,16 @@ def open_campaign(
     return store, plan
 
 
-def resolve_scenarios(plan: Plan, config: Mapping[str, Any]) -> list[ScenarioInfo]:
+def resolve_scenarios(plan: Plan, config: Mapping[str, Any]) -> list[discovery.ScenarioInfo]:
     """Read the planned scenarios (names or paths; bad ones are a usage error, before any
     service starts)."""
     if plan.command:
         return []
-    from shutdown_harness import discovery
-    from shutdown_harness.service_kinds import kinds
-
     return discovery.resolve(list(plan.scenarios or ()), services=kinds(config))
 
 
 def services_needed(
-    scenarios: list[ScenarioInfo], plan: Plan, config: Mapping[str, Any], log: Log
+    scenarios: list[discovery.ScenarioInfo], plan: Plan, config: Mapping[str, Any], log: Log
 ) -> ServiceSet | None:
     """The services the planned scenarios declare, and only those, not started yet
     (:func:`run` starts them as a context, so that they are stopped whatever happens)."""
@@ -235,13 +248,11 @@ def services_needed(
 
 
 def prepare_strategies(
-    plan: Plan, scenarios: list[ScenarioInfo], config: Mapping[str, Any], log: Log
+    plan: Plan, scenarios: list[discovery.ScenarioInfo], config: Mapping[str, Any], log: Log
 ) -> dict[str, Prepared]:
     """Build (or reuse) one virtualenv per strategy and check its cleanup mode."""
     if plan.command:
         return {}
-    from shutdown_harness import strategies, virtualenv
-
     prepared: dict[str, Prepared] = {}
     for strategy in strategies.resolve(list(plan.strategies or ()), config):
         if plan.python and strategy.python is None and strategy.requirements:
@@ -257,7 +268,7 @@ def prepare_strategies(
 
 def plan_cells(
     plan: Plan,
-    scenarios: list[ScenarioInfo],
+    scenarios: list[discovery.ScenarioInfo],
     prepared: Mapping[str, Prepared],
     services: ServiceSet | None,
     log: Log,
@@ -281,8 +292,6 @@ def plan_cells(
             executable=_which(command[0]),
         )
         return cells, not_applicable
-    from shutdown_harness import discovery, virtualenv
-
     for info in scenarios:
         for name, each in prepared.items():
             strategy, python = each.strategy, each.python
@@ -323,14 +332,12 @@ def check_gates(config: Mapping[str, Any], cells: Mapping[Cell, Cellinfo], log: 
     gates = config.get("gates")
     if not gates:
         return
-    from shutdown_harness.gates import unreachable
-
     planned = ((scenario, strategy, info.runs) for (scenario, strategy), info in cells.items())
     for line in unreachable(gates, planned):
         log(f"warning: {line}")
 
 
-def _client_version(strategy: Strategy, versions: dict[str, str]) -> str | None:
+def _client_version(strategy: strategies.Strategy, versions: dict[str, str]) -> str | None:
     found = [f"{d}=={versions[d]}" for d in strategy.distributions if d in versions]
     return "+".join(found) or None
 
@@ -348,8 +355,6 @@ def _absolute_files(argv: list[str]) -> list[str]:
 
 
 def _which(program: str) -> str | None:
-    import shutil
-
     found = shutil.which(program)
     return os.path.realpath(found) if found else None
 
@@ -405,22 +410,20 @@ def start_warm(
     fork run cold."""
     if not plan.warm:
         return {}, {}
-    from shutdown_harness import warm
-
     if plan.command:
         raise UsageError("--warm forks scenario children: it does not apply to --command")
     refused: dict[Cell, str] = {}
-    cannot = warm.become_subreaper()
-    unsafe = warm.unsafe_modules()
-    servers: dict[Cell, warm.ForkServer] = {}
-    ready: dict[Cell, warm.ForkServer] = {}
+    cannot = become_subreaper()
+    unsafe = unsafe_modules()
+    servers: dict[Cell, ForkServer] = {}
+    ready: dict[Cell, ForkServer] = {}
     try:
         for cell, info in cells.items():
             if cannot:
                 refused[cell] = cannot
                 continue
             server_log = out / ".work" / "warm" / f"{len(servers)}.log"
-            server = warm.ForkServer(str(info.argv[0]), info.argv, info.env, server_log, unsafe)
+            server = ForkServer(str(info.argv[0]), info.argv, info.env, server_log, unsafe)
             servers[cell] = server
             server.spawn()
         for cell, server in servers.items():  # their imports ran side by side
@@ -437,7 +440,7 @@ def start_warm(
         log(f"warm start refused for {scenario} / {strategy}, its runs start cold: {reason}")
     if ready:
         log(f"warm start: {len(ready)} fork servers ready; cold controls: "
-            f"{warm.CONTROL_FRACTION:.0%} of each cell's runs, at least {warm.MIN_CONTROLS}")
+            f"{CONTROL_FRACTION:.0%} of each cell's runs, at least {MIN_CONTROLS}")
     return ready, refused
 
 
@@ -518,15 +521,11 @@ def execute(
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 
 def _adaptive(width: float) -> Callable[[Counter[str]], bool]:
     """Whether a cell's counts are enough to stop it (``--until-halfwidth``)."""
-    from shutdown_harness.stats import cell_done
-
     def done(counter: Counter[str]) -> bool:
         return bool(cell_done(Tally.failures(counter), Tally.runs(counter), float(width)))
 
@@ -549,8 +548,6 @@ def summarize(tally: Tally, out: Path, *, completed: bool, interrupted: bool, lo
     """The last lines on the terminal: one per cell, and where everything is."""
     state = "interrupted" if interrupted else ("done" if completed else "stopped")
     log(f"\n{state}: {sum(tally.total.values())} runs in {out}")
-    from shutdown_harness.versions import label_key
-
     for (scenario, strategy), counter in sorted(
         tally.cells.items(), key=lambda item: (item[0][0], label_key(item[0][1]))
     ):
@@ -564,8 +561,6 @@ def write_reports(
 ) -> tuple[dict[str, Path], bool]:
     """Every report format next to the results and the terminal table; returns the reports
     written and whether a gate failed."""
-    from shutdown_harness import reports
-
     data = reports.prepare(out, config.get("gates") or {})
     written = reports.write_all(data, out)
     return written, reports.print_terminal(data, stream)
