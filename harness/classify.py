@@ -34,9 +34,11 @@ from shutdown_harness.backtrace import (
 )
 from shutdown_harness.errors import UsageError
 from shutdown_harness.schema import Verdict
-from shutdown_harness.signatures import first_match, rule_by_id
+from shutdown_harness.signatures import first_match, rule_by_id, rules
 
 __all__ = [
+    "SERVICE_HINT",
+    "service_hint",
     "classify",
     "classify_file",
     "needs_backtrace",
@@ -97,6 +99,15 @@ def _exit(returncode: int | None, timed_out: bool) -> tuple[str, str, str | None
     return "error", f"exit:{returncode}", None, []
 
 
+#: The note that starts when stderr shows the service unreachable (a rule of category infra).
+SERVICE_HINT = "stderr shows the service unreachable"
+
+
+def service_hint(notes: list[str] | tuple[str, ...] | None) -> bool:
+    """Whether a verdict's notes say its stderr showed the service unreachable."""
+    return any(note.startswith(SERVICE_HINT) for note in notes or ())
+
+
 def classify(
     *,
     returncode: int | None,
@@ -144,13 +155,18 @@ def classify(
             verdict = _exception(verdict, exception.groups, as_outcome=category == "error")
     functions = crashing_thread_frames(backtrace) if backtrace and category == "crash" else []
     match = first_match(stderr, category, functions, phase=phase)
+    if match is not None and match.rule.category == "infra":
+        # Stderr alone is no evidence that the service failed (a client that cannot connect
+        # to a healthy server fails on its own): the run keeps its real signature, and only
+        # the recorder, which checks the service, makes it infra (see service_hint).
+        verdict = verdict.with_note(f"{SERVICE_HINT}: {match.rule.id} (infra only with evidence"
+                                    " that the service failed)")
+        match = first_match(stderr, category, functions, phase=phase,
+                            rule_list=[r for r in rules() if r.category != "infra"])
     if match is not None:
         verdict = replace(verdict, signature=cap_signature(match.signature),
                           source=match.source)
         verdict = verdict.with_note(f"signature from {match.source} rule {match.rule.id}")
-        if match.rule.category == "infra":
-            verdict = replace(verdict, category="infra", outcome="infra")
-            return verdict.with_note(f"{match.rule.id}: a service failure, not counted")
         if category == "clean":
             verdict = verdict.with_note(f"exited 0, but stderr shows {match.rule.id}")
     elif category == "clean":

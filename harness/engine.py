@@ -309,6 +309,9 @@ class Engine:
         self._ahead: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._nonce = ""
         self._orphans: proctree.Orphans | None = None
+        #: Called in the slot thread just before a job starts; returns the job to start (it may
+        #: wait: the recorder holds starts while a service restarts, and sets its endpoint).
+        self.before_spawn: Callable[[Job], Job] | None = None
 
     def stop(self) -> None:
         """Stop spawning and kill running children. Safe in a signal handler or any thread."""
@@ -326,6 +329,8 @@ class Engine:
                 job = self._ahead.get()
                 if job is None or self.stopped:
                     break
+                if self.before_spawn is not None:
+                    job = self.before_spawn(job)
                 spawned = self._spawn(job, slot, own_cwd)
                 record(slot, previous)  # while the new child runs
                 previous = spawned if isinstance(spawned, Exit) else self._wait(spawned)

@@ -18,13 +18,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shutdown_harness import MARKER
-from shutdown_harness.classify import classify, needs_backtrace
+from shutdown_harness.classify import classify, needs_backtrace, service_hint
 from shutdown_harness.cores import CoreBudget, core_dump_unavailable, gdb_available, run_gdb
 from shutdown_harness.engine import Exit, Job
 from shutdown_harness.errors import UsageError
@@ -43,6 +43,8 @@ _STDOUT_LIMIT = 4 << 20
 _STDERR_HEAD = 64 << 10
 _STDERR_TAIL = 256 << 10
 _TAIL_CHARS = 2000
+#: Seconds a service has to answer one request after a failed run (else: an outage).
+_HEALTH_TIMEOUT = 2.0
 #: Records reach results.jsonl in batches, flushed at most this long after their run ended,
 #: and are counted (tally, progress, adaptive stopping) only once flushed. A flush is an ext4
 #: journal update that costs as much as all the rest of a record's work.
@@ -58,6 +60,10 @@ class Services(Protocol):
     def healthy(self) -> Mapping[str, bool]: ...
 
     def restart(self, kind: str) -> None: ...
+
+    def env(self, names: Iterable[str] | None = None) -> dict[str, str]: ...
+
+    def answers(self, name: str, timeout: float) -> bool: ...
 
 
 class View(Protocol):
@@ -145,6 +151,11 @@ class Recorder:
         self.analysis = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdb")
         self.core_dir = store.folder / ".cores"
         self._unflushed: list[dict[str, Any]] = []
+        #: Service outages (name, from, to; epoch seconds): a failed run within one is infra.
+        self.outages: list[tuple[str, float, float]] = []
+        self._last_ok: dict[str, float] = {}  # when each service was last known to work
+        self._no_restart = threading.Event()
+        self._no_restart.set()
         self._closing = threading.Event()
         self._flusher = threading.Thread(target=self._flush_now_and_then, daemon=True,
                                          name="flush")
@@ -223,7 +234,9 @@ class Recorder:
         }
         if record["start"] == "cold" and spec.cell in self.warm_refused:
             record["warm_refused"] = self.warm_refused[spec.cell]
-        if verdict.category != "clean" and self._service_down(info, record):
+        if verdict.category == "clean":
+            self._service_ok(info, ex.started_at + ex.duration_s)
+        elif self._service_down(info, record, ex, verdict.notes):
             self._finish(record, stdout, stderr, None, core)
             return
         if core is not None and verdict.category == "crash":
@@ -250,27 +263,81 @@ class Recorder:
             record["backtrace"] = f"unavailable: {self.no_core_reason or 'no core file'}"
         self._finish(record, stdout, stderr, None, core)
 
-    def _service_down(self, info: Cellinfo, record: dict[str, Any]) -> bool:
+    # -- services: infra only with evidence ---------------------------------------------------
+    def before_spawn(self, job: Job) -> Job:
+        """The engine's hook before each start: wait while a service restarts, and give the
+        run the services' current endpoints (a restart can move a service to another port)."""
+        self._no_restart.wait()
+        spec = self.specs.get(job.run_id)
+        services = self.services
+        if spec is None or services is None or job.env is None:
+            return job
+        names = self.cells[spec.cell].services
+        if not names:
+            return job
+        return replace(job, env={**job.env, **services.env(names)})
+
+    def _service_ok(self, info: Cellinfo, when: float) -> None:
+        for name in info.services:
+            if when > self._last_ok.get(name, 0.0):
+                self._last_ok[name] = when
+
+    def _service_down(self, info: Cellinfo, record: dict[str, Any], ex: Exit,
+                      notes: Iterable[str] | None) -> bool:
+        """Whether this failed run is ``infra``, on evidence: it overlapped an outage window,
+        or its service fails its health check now (then restarted, and a window recorded from
+        when it was last known well, within this run, to the end of the restart)."""
         services = self.services
         if services is None or not info.services:
             return False
-        health = services.healthy()
-        down = sorted(kind for kind in info.services if not health.get(kind, True))
-        if not down:
+        begin, end = ex.started_at, ex.started_at + ex.duration_s
+        hit = [(name, a, b) for name, a, b in self.outages
+               if name in info.services and a <= end and begin <= b]
+        if hit:
+            self._infra(record, sorted({name for name, _, _ in hit}), [
+                f"{name} was down from {now_iso(a)} to {now_iso(b)} (until its restart ended),"
+                " during this run: not counted" for name, a, b in hit])
+            return True
+        checked = time.time()
+        # One request with a timeout: a frozen server fails it. Then the service's own check
+        # (retried): one that still fails is restarted; either way the outage is on record.
+        failed = sorted(name for name in info.services
+                        if not services.answers(name, _HEALTH_TIMEOUT))
+        if not failed:
+            self._service_ok(info, checked)
+            if service_hint(list(notes or ())):
+                record.setdefault("notes", []).append(
+                    f"{', '.join(info.services)} answered its health check after this run: the"
+                    " client could not reach a healthy service (not infra)")
             return False
+        health = services.healthy()
+        down = [name for name in failed if not health.get(name, True)]
+        self._no_restart.clear()  # no run starts while a service restarts
+        try:
+            for name in down:
+                self.log(f"{name} went down; restarting it")
+                services.restart(name)
+        finally:
+            self._no_restart.set()
+        ended = time.time()
+        for name in failed:
+            since = min(checked, max(begin, self._last_ok.get(name, begin)))
+            self.outages.append((name, since, ended))
+        self._infra(record, failed, [
+            f"{name} did not answer within {_HEALTH_TIMEOUT:g} s after this run"
+            + (" and was restarted" if name in down else " (it answered again later)")
+            + ": not counted as a failure" for name in failed])
+        return True
+
+    @staticmethod
+    def _infra(record: dict[str, Any], names: list[str], notes: list[str]) -> None:
         record.update(
             category="infra",
             outcome="infra",
-            signature=f"infra-service-down:{'+'.join(down)}",
+            signature=f"infra-service-down:{'+'.join(names)}",
             phase="unknown",
         )
-        record.setdefault("notes", []).append(
-            f"{', '.join(down)} was down after this run: not counted as a crash"
-        )
-        for kind in down:
-            self.log(f"{kind} went down; restarting it")
-            services.restart(kind)
-        return True
+        record.setdefault("notes", []).extend(notes)
 
     def _analyse(
         self,

@@ -297,7 +297,7 @@ class EmbeddedService(Service):
                 return
             problems.append(problem)
             self._kill()
-            if "address already in use" not in problem.lower():
+            if not self._port_taken(problem):
                 break
             port = None  # someone took the port meanwhile: take another one
         raise ServiceError(f"embedded {self.kind} ({self.binary}) did not start: {problems[-1]}")
@@ -324,6 +324,15 @@ class EmbeddedService(Service):
                     return None
             time.sleep(0.05)
         return f"not ready after {self._timeout:.0f}s: {self._log_tail()}"
+
+    def _port_taken(self, problem: str) -> bool:
+        """Whether the server could not bind its port (said anywhere in its log: the tail
+        can be a Go stack trace)."""
+        try:
+            text = self.log_path.read_text(errors="replace")[-65536:]
+        except OSError:
+            text = ""
+        return "address already in use" in f"{problem}\n{text}".lower()
 
     def _log_tail(self) -> str:
         try:
@@ -605,6 +614,12 @@ class ServiceSet:
         the services `names` (default: all)."""
         chosen = self.services if names is None else {n: self.services[n] for n in names}
         return {k: v for s in chosen.values() for k, v in s.definition.env(s.endpoint).items()}
+
+    def answers(self, name: str, timeout: float) -> bool:
+        """Whether one service answers one request within ``timeout`` (no retry: a frozen
+        server does not; the recorder's evidence of an outage)."""
+        service = self.services[name]
+        return bool(service.alive() and service.definition.ping(service.endpoint, timeout))
 
     def healthy(self) -> dict[str, bool]:
         """{name: cheap health}: call after a non-clean run."""

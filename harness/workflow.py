@@ -505,6 +505,8 @@ def execute(
                 store, cells, tally, services=services, options=options, log=log, stop=stop,
                 ends_cell=counter_done, view=view, warm=warm, warm_refused=warm_refused,
             )
+            if services is not None:
+                engine.before_spawn = recorder.before_spawn
             try:
                 completed = engine.run(
                     recorder.jobs(iter_plan(list(cells), runs, shard, done, cell_done)),

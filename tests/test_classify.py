@@ -205,3 +205,12 @@ def test_real_child_end_to_end(code: str, category: str, outcome: str, signature
     assert (v.category, v.outcome, v.signature, v.phase) == (category, outcome, signature, phase)
     if signature == "python-exception:ValueError":
         assert v.exception == "ValueError: bad value 42"
+
+
+def test_connection_refused_alone_is_an_error_not_infra() -> None:
+    # Stand-alone (classify FILE.json) there is no evidence that the service failed.
+    stderr = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+              "ConnectionRefusedError: [Errno 111] Connection refused\n")
+    v = classify(returncode=1, stderr=stderr, work_done=False)
+    assert (v.category, v.signature) == ("error", "python-exception:ConnectionRefusedError")
+    assert any("service unreachable" in n for n in v.notes)

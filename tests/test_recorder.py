@@ -190,6 +190,9 @@ class _Service:
         self.checks += 1
         return {"etcd": self.up}
 
+    def answers(self, name: str, timeout: float) -> bool:
+        return self.up
+
     def restart(self, kind: str) -> None:
         self.restarts.append(kind)
         self.up = True
@@ -224,7 +227,8 @@ def test_a_failed_run_with_its_service_down_is_infra_and_the_service_restarted(
     infra = records["s/t/1"]
     assert (infra["category"], infra["outcome"]) == ("infra", "infra")
     assert infra["signature"] == "infra-service-down:etcd"
-    assert any("etcd was down after this run" in note for note in infra["notes"])
+    assert any("etcd did not answer within 2 s after this run and was restarted" in note
+               for note in infra["notes"])
     assert records["s/t/2"]["category"] == "error"
     assert records["s/t/2"]["signature"].startswith("python-exception")
     assert said == ["etcd went down; restarting it"]
