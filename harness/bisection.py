@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from shutdown_harness.errors import UsageError
+from shutdown_harness.errors import EXIT_INTERRUPTED, UsageError
 from shutdown_harness.stats import fisher_exact
 
 __all__ = [
@@ -412,11 +412,13 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
             folder.parent.mkdir(parents=True, exist_ok=True)
             with open(folder.parent / f"{folder.name}.log", "w", encoding="utf-8") as quiet:
                 try:
-                    sweep.run_campaign(scenario=scenario_arg,
-                                       strategies=[sweep.strategy_of(package, v) for v in todo],
-                                       out=folder, runs=runs, config=config or {},
-                                       stream=quiet, argv=argv, settings=settings,
-                                       with_reports=False)
+                    code = sweep.run_campaign(
+                        scenario=scenario_arg,
+                        strategies=[sweep.strategy_of(package, v) for v in todo], out=folder,
+                        runs=runs, config=config or {}, stream=quiet, argv=argv,
+                        settings=settings, with_reports=False)
+                    if code == EXIT_INTERRUPTED:  # Ctrl-C / SIGTERM: stop the search too
+                        raise KeyboardInterrupt
                 except UsageError as e:
                     if "not applicable" not in str(e):
                         raise
