@@ -146,7 +146,7 @@ CONSTANT = 3
 
 def nap():
     import time
-    time.sleep(0.3)
+    time.sleep(0.1)
 
 
 def uses_module_name():
