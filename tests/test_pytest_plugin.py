@@ -292,7 +292,10 @@ def test_a_stress_test_that_can_never_pass_fails_before_any_run(
     text = result.stdout.str()
     message = ("runs=40 can never show a failure rate below 5.0%: 40 runs without a failure"
                " bound it at 8.8%; 73 runs without a failure are needed")
-    assert text.count(message) == 2, text
+    # One failure section per test (newer pytest repeats the message in its short summary too).
+    head = f"shutdown stress: {message}"
+    sections = [line for line in text.splitlines() if line.startswith(head)]
+    assert len(sections) == 2, text
     assert not list(pytester.path.rglob("ran"))  # no child ran
 
 
