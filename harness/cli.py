@@ -650,6 +650,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("shutdown-harness: interrupted\n")
         return 130
+    except BrokenPipeError:
+        # The reader left (`shutdown-harness list | head`): end quietly, as `cat` does; point
+        # stdout at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

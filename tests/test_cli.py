@@ -470,3 +470,14 @@ def test_warm_from_a_preset(tmp_path: Path) -> None:
     assert sorted(r["start"] for r in records) == ["cold"] * 20 + ["warm"] * 4
     assert json.loads((out / "campaign.json").read_text())["plan"]["warm"] is True
     assert "Fidelity" in result.stdout and "warm 0/4" in result.stdout
+
+
+def test_list_into_a_closed_pipe_ends_quietly() -> None:
+    """`shutdown-harness list | head -1`: the reader leaves early; no traceback, exit 141."""
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads: the first write fails with EPIPE
+    done = subprocess.run([*HARNESS, "list"], stdout=writer, stderr=subprocess.PIPE, text=True,
+                          timeout=60)
+    os.close(writer)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
