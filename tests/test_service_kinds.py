@@ -9,29 +9,16 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _processes import gone
 from shutdown_harness import service_kinds, services
 from shutdown_harness.errors import UsageError
 from shutdown_harness.service_kinds import BUILTIN, ETCD, VALKEY, Declared, declared, kinds
 
 HTTP = {"command": f"{sys.executable} -m http.server {{port}} --bind 127.0.0.1", "ready": "http"}
-
-
-def _gone(pid: int, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(") ")[1].startswith("Z"):
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_builtin_kinds_say_what_they_export_and_how_they_run() -> None:
@@ -117,14 +104,14 @@ def test_declared_http_service_runs_on_loopback_is_checked_killed_and_restarted(
         endpoint, pid, folder = service.endpoint, service.pid, service.log_path.parent
         assert pid is not None and service.healthy()
         os.kill(pid, signal.SIGKILL)
-        assert _gone(pid) and not service.healthy()
+        assert gone(pid) and not service.healthy()
         service.restart()
         assert service.healthy() and service.endpoint == endpoint and service.restarts == 1
         with services.start(web, endpoint) as external:  # --web HOST:PORT: checked, not ours
             assert external.mode == "external" and external.healthy()
         assert service.healthy()
         new_pid = service.pid
-    assert new_pid is not None and _gone(new_pid)
+    assert new_pid is not None and gone(new_pid)
     assert not folder.exists()
     assert not web.ping(endpoint, 0.5)
 

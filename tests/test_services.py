@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _processes import gone
 from shutdown_harness import service_kinds, services
 from shutdown_harness.errors import UsageError
 
@@ -41,19 +42,6 @@ def _listening_addresses(port: int) -> set[str]:
                 if int(hex_port, 16) == port and fields[3] == "0A":
                     found.add(address)
     return found
-
-
-def _gone(pid: int, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(") ")[1].startswith("Z"):
-                    return True  # a zombie is dead, just not reaped by its (dead) parent yet
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize(
@@ -109,7 +97,7 @@ def test_embedded_etcd_killed_mid_use_is_detected_and_restarted() -> None:
         endpoint, pid, folder = etcd.endpoint, etcd.pid, etcd.log_path.parent
         assert pid is not None and etcd.healthy()
         os.kill(pid, signal.SIGKILL)
-        assert _gone(pid)
+        assert gone(pid)
         started = time.monotonic()
         assert not etcd.healthy()
         assert time.monotonic() - started < 1.0  # cheap: a dead process needs no network
@@ -121,7 +109,7 @@ def test_embedded_etcd_killed_mid_use_is_detected_and_restarted() -> None:
         assert described["mode"] == "embedded" and described["restarts"] == 1
         assert described["binary"] == str(services.embedded_binary("etcd"))
         new_pid = etcd.pid
-    assert new_pid is not None and _gone(new_pid)
+    assert new_pid is not None and gone(new_pid)
     assert not folder.exists()  # the private data dir is removed
     assert not services.ping("etcd", endpoint, timeout=0.5)
 
@@ -136,11 +124,11 @@ def test_embedded_valkey_hung_then_killed_is_detected_and_restarted() -> None:
         assert not valkey.healthy()
         assert time.monotonic() - started < 8.0
         valkey.restart()  # must get rid of the stopped process, not wait on it forever
-        assert _gone(pid) and valkey.healthy() and valkey.restarts == 1
+        assert gone(pid) and valkey.healthy() and valkey.restarts == 1
         pid = valkey.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        assert _gone(pid) and not valkey.healthy()
+        assert gone(pid) and not valkey.healthy()
         valkey.restart()
         assert valkey.healthy() and valkey.restarts == 2
         assert _listening_addresses(int(valkey.endpoint.rsplit(":", 1)[1])) == {"0100007F"}
@@ -192,13 +180,13 @@ def test_service_set_starts_all_restarts_one_and_stops_all() -> None:
         valkey = s["valkey"]
         assert isinstance(valkey, services.EmbeddedService) and valkey.pid is not None
         os.kill(valkey.pid, signal.SIGKILL)
-        assert _gone(valkey.pid)
+        assert gone(valkey.pid)
         assert s.healthy() == {"etcd": True, "valkey": False}
         s.restart("valkey")
         assert s.healthy() == {"etcd": True, "valkey": True}
         assert s.describe()["valkey"]["restarts"] == 1 and s.describe()["etcd"]["restarts"] == 0
         pids = [svc.pid for svc in s.services.values() if isinstance(svc, services.EmbeddedService)]
-    assert all(_gone(pid) for pid in pids)
+    assert all(gone(pid) for pid in pids)
     assert any("restarted" in line for line in said) and any("ready at" in line for line in said)
 
 
@@ -231,7 +219,7 @@ def test_ctrl_c_stops_the_servers_and_removes_their_data() -> None:
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) != 0  # KeyboardInterrupt went through the with-block
     for pid, folder in held.values():
-        assert isinstance(pid, int) and _gone(pid)
+        assert isinstance(pid, int) and gone(pid)
         assert not Path(str(folder)).exists()
 
 
@@ -240,10 +228,10 @@ def test_servers_of_a_killed_harness_are_reaped_by_the_next_one() -> None:
     proc.kill()  # SIGKILL: no finally, no atexit
     proc.wait(timeout=10)
     for pid, _ in held.values():
-        assert isinstance(pid, int) and not _gone(pid, within=0.2)  # orphans still running
+        assert isinstance(pid, int) and not gone(pid, within=0.2)  # orphans still running
     with services.EmbeddedService("valkey"):
         for pid, folder in held.values():
-            assert isinstance(pid, int) and _gone(pid)
+            assert isinstance(pid, int) and gone(pid)
             assert not Path(str(folder)).exists()
 
 
