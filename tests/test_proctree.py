@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from shutdown_harness import proctree
 from shutdown_harness.engine import Engine, Exit, Job
 
 HOSTILE = Path(__file__).parent / "fixtures" / "hostile"
@@ -167,3 +168,43 @@ def test_each_record_names_the_concurrency_that_ran(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 3
     assert {r["load"]["jobs"] for r in records} == {3}
+
+
+def _leave_orphan(mark: str) -> int:
+    """Start a marked shell that leaves a sleeping child behind and exits; its pid."""
+    shell = subprocess.run(
+        ["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True,
+        env={**os.environ, proctree.MARK: mark}, check=True,
+    )
+    return int(shell.stdout)
+
+
+def test_orphans_are_found_at_every_look_not_only_the_first() -> None:
+    # Orphans keeps the children file open and reads it again at offset 0 for each exit:
+    # every read must list the children as they are then, also after it was closed at the end.
+    nonce = proctree.new_nonce()
+    previous = proctree.become_subreaper()
+    assert previous is not None, "this kernel has no child subreapers"
+    orphans = proctree.Orphans(nonce)
+    left: list[int] = []
+    try:
+        orphans.collect()  # nothing came back
+        for serial in range(3):
+            left.append(_leave_orphan(f"{nonce}.0.{serial}"))
+            assert _alive(left[-1])
+            orphans.collect()
+            assert not _alive(left[-1]), serial
+            assert orphans.killed == serial + 1
+        orphans.collect(everything=True)  # the engine is done: the file is closed
+        left.append(_leave_orphan(f"{nonce}.0.9"))
+        orphans.collect()
+        assert not _alive(left[-1])
+        assert orphans.killed == 4
+    finally:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        orphans.collect(everything=True)
+        proctree.restore_subreaper(previous)
