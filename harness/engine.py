@@ -261,8 +261,16 @@ def _block_async_signals() -> None:
     Python runs signal handlers in the main thread only; a signal the kernel delivers to a slot
     thread would wait for the main thread's next wake-up. Children get the mask the process
     had when :meth:`Engine.run` started (``setsigmask``).
+
+    SIGCHLD stays unblocked unless a handler is installed: a child's SIGCHLD goes to the slot
+    thread that started it, and the kernel drops a signal that its target ignores (the
+    default) only when that thread does not block it; blocked, it went to the main thread and
+    woke it once per run, for nothing (strace: a restart_syscall per exit).
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+    blocked = _ASYNC_SIGNALS
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL:
+        blocked = blocked - {signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
 
 
 def _own_working_directory(folder: Path) -> bool:

@@ -199,6 +199,34 @@ def test_children_get_the_callers_signal_mask_and_their_slot_as_cwd(tmp_path: Pa
         assert int(sigblk.split()[1], 16) == expected
 
 
+def test_slot_threads_block_sigchld_only_when_a_handler_wants_it(tmp_path: Path) -> None:
+    # A child's SIGCHLD goes to the slot thread that started it. Ignored by default, it is
+    # dropped at once if that thread does not block it; blocked, it woke the main thread once
+    # per run. A Python handler still gets it in the main thread.
+    def masks() -> list[set[int]]:
+        seen: list[set[int]] = []
+
+        def on_exit(ex: Exit) -> None:  # called in a slot thread
+            seen.append({int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, ())})
+
+        jobs = [Job(f"t{i}", ("true",), timeout=30) for i in range(4)]
+        assert Engine(tmp_path / "work", jobs=2).run(jobs, on_exit)
+        assert len(seen) == 4
+        return seen
+
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+    for mask in masks():
+        assert signal.SIGINT in mask
+        assert signal.SIGCHLD not in mask
+    previous = signal.signal(signal.SIGCHLD, lambda *_: None)
+    try:
+        for mask in masks():
+            assert signal.SIGINT in mask
+            assert signal.SIGCHLD in mask
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
 def test_capture_keeps_both_ends_of_a_huge_output_and_frees_the_middle() -> None:
     from shutdown_harness.engine import CAPTURE_LIMIT, KEEP_HEAD, KEEP_TAIL, Capture
 
