@@ -146,16 +146,20 @@ def run(args: argparse.Namespace, module: ModuleType, cleanup: Any) -> int:
     return 0
 
 
-def _die_with_parent() -> None:
-    """SIGKILL this child when the harness dies (PR_SET_PDEATHSIG; Linux only, best effort)."""
+def _die_with_parent(parent: int | None = None) -> None:
+    """SIGKILL this child when the harness dies (PR_SET_PDEATHSIG; Linux only, best effort).
+
+    ``parent``: the harness's pid, when known (a warm run): any other parent after the prctl
+    means the harness died before it (the run went to init or another subreaper).
+    """
     try:
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the harness died before the prctl
-        os._exit(1)
+    if os.getppid() == 1 if parent is None else os.getppid() != parent:
+        os._exit(1)  # the harness died before the prctl
 
 
 def main(argv: list[str] | None = None) -> int:

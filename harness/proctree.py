@@ -8,13 +8,16 @@ What this module gives the engine instead:
   parent exits comes back to the harness instead of going to init; Linux hands it to the
   harness's main thread, whose children ``/proc/PID/task/PID/children`` lists.
 - a mark: every run's environment carries :data:`MARK` = ``NONCE.SLOT.SERIAL``, inherited by
-  everything it starts (a process that clears its whole environment loses it, see below).
+  everything it starts (a process that clears its whole environment loses it, see below). A
+  warm run is forked, not started: the fork server writes the mark into the environment block
+  it inherits (harness/fork_server.py), which is what :func:`marked` reads.
 - :class:`Orphans`: after a run exits, the main thread's new children are looked at (one small
   ``/proc`` read when there is none, the common case): a marked one whose run is over is
-  killed with everything under it, and reaped. An unmarked one is left alone (a container
-  engine's ``conmon`` daemonizes the same way and is not ours; a warm run, harness/warm.py, is
-  the main thread's child too, and a zombie has no readable environment): zombies among them
-  are reaped when the engine ends, when no run can be one of them.
+  killed with everything under it, and reaped; a warm run (harness/warm.py), marked too and
+  the main thread's child, is left to the engine, which waits for it. An unmarked one is left
+  alone (a container engine's ``conmon`` daemonizes the same way and is not ours, and a zombie
+  has no readable environment): zombies among them are reaped when the engine ends, when no
+  run can be one of them.
 - :func:`kill_tree`: SIGKILL to a run's process, its process group and every descendant still
   attached to it (at a timeout, or when the harness stops): the pid itself is killed even when
   its group is gone.
@@ -211,6 +214,8 @@ class Orphans:
         acted = False
         for pid in pids:
             if pid in self.before or pid in self.runs:
+                # A warm run (marked) can be seen before the engine adds it to `runs`.
+                self._waiting.pop(pid, None)
                 continue
             if pid in self.settled and not everything:
                 continue

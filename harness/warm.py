@@ -27,6 +27,15 @@ fork_server.py) and the run is reparented to the harness, which is a child subre
 reads its exit status, CPU time and peak RSS, and kills its process group exactly as for a
 child it spawned; the only difference is the spawn, a launcher on the :class:`Job`.
 
+Nothing a warm run starts outlives it or the harness, as for a cold run: the engine's run mark
+(harness/proctree.py) is written into the run's start-up environment block by the
+server's intermediate process (see fork_server.py), so the engine's orphan sweep kills what the
+run left when it ends, and the engine's watchdog kills the run and everything it started when
+the harness dies, SIGKILL included. The servers and their intermediate processes carry a mark
+of their own, ``NONCE.server.K`` (padded to :data:`MARK_ROOM` characters: the room the runs'
+marks are written in), and one watchdog (:class:`_ServerWatch`) kills them if the harness
+dies from the first server's start to the last one's :meth:`ForkServer.close`.
+
 Fidelity: warm start is only worth something if it changes nothing. Every warm cell also runs
 cold controls, interleaved by run index (:func:`is_control`: 10% of the runs, at least 20),
 every record says ``start: warm|cold``, and the aggregate compares the two per cell with
@@ -53,8 +62,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from shutdown_harness import proctree
+
 __all__ = [
     "FORK_SERVER",
+    "MARK_ROOM",
     "CONTROL_FRACTION",
     "MIN_CONTROLS",
     "ForkServer",
@@ -72,6 +84,9 @@ MIN_CONTROLS = 20
 #: How long a server may take for its imports before the cell runs cold.
 _READY_TIMEOUT_S = 120.0
 _PR_SET_CHILD_SUBREAPER = 36
+#: Characters of a server's mark value: the room a run's mark is written over in place
+#: (NONCE.SLOT.SERIAL: a pid, 8 hex digits, a slot and a serial: under 40 in practice).
+MARK_ROOM = 64
 
 
 def controls(runs: int) -> int:
@@ -111,6 +126,39 @@ def become_subreaper() -> str | None:
     return None
 
 
+class _ServerWatch:
+    """One watchdog (proctree.start_watchdog) for this process's fork servers, while any runs:
+    started by the first :meth:`ForkServer.spawn`, stopped by the last close (its last sweep
+    kills what still carries a server's mark: nothing, unless a server was killed mid-fork)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._serial = 0
+        self._nonce = ""
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def acquire(self) -> str:
+        """A new server's mark, padded to the room of a run's mark."""
+        with self._lock:
+            if self._users == 0:
+                self._nonce = proctree.new_nonce()
+                self._process = proctree.start_watchdog(self._nonce)
+            self._users += 1
+            self._serial += 1
+            return f"{self._nonce}.server.{self._serial}.".ljust(MARK_ROOM, "_")
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                process, self._process = self._process, None
+                proctree.stop_watchdog(process)
+
+
+_SERVER_WATCH = _ServerWatch()
+
+
 class ForkServer:
     """A fork server for one cell: started with :meth:`spawn`, usable once :meth:`ready`."""
 
@@ -127,19 +175,23 @@ class ForkServer:
         self._sock: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # one request at a time (slot threads share a server)
+        self._watched = False  # holds a use of _SERVER_WATCH
 
     def spawn(self) -> None:
         """Start the server process (its imports run while other servers start)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        mark = _SERVER_WATCH.acquire()
+        self._watched = True
         log: IO[bytes]
         with open(self.log, "ab") as log:
             try:
                 self._process = subprocess.Popen(
                     [self.python, str(FORK_SERVER), "--fd", str(theirs.fileno()),
-                     "--unsafe", ",".join(self.unsafe), "--", *self.child_argv[2:]],
-                    env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    pass_fds=(theirs.fileno(),), process_group=0,
+                     "--mark", proctree.MARK, "--unsafe", ",".join(self.unsafe), "--",
+                     *self.child_argv[2:]],
+                    env={**self.env, proctree.MARK: mark}, stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=log, pass_fds=(theirs.fileno(),), process_group=0,
                 )
             except OSError as e:
                 self.refused = f"cannot start the fork server: {e}"
@@ -169,12 +221,20 @@ class ForkServer:
         return self.refused
 
     def launch(self, job: Any, workdir: Path, fds: tuple[int, int, int]) -> int:
-        """Fork one warm run (the engine's launcher); its pid. OSError when it cannot."""
+        """Fork one warm run (the engine's launcher); its pid. OSError when it cannot.
+
+        The run carries the mark in ``job.env`` (the engine's, see fork_server.py); it dies
+        at once unless this process is its parent once reparented (a child subreaper).
+        """
+        env = dict(os.environ if job.env is None else job.env)
+        if len(env.get(proctree.MARK, "")) > MARK_ROOM:
+            raise OSError(f"the run mark is longer than {MARK_ROOM} characters")
         request = json.dumps({
             "cwd": str(workdir),
-            "env": dict(os.environ if job.env is None else job.env),
+            "env": env,
             "core": list(resource.getrlimit(resource.RLIMIT_CORE)),
             "argv": list(job.argv),
+            "parent": os.getpid(),
         }).encode()
         with self._lock:
             if self._sock is None:
@@ -208,3 +268,6 @@ class ForkServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if self._watched:
+            self._watched = False
+            _SERVER_WATCH.release()
