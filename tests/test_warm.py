@@ -7,13 +7,16 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from shutdown_harness import warm
+from _processes import gone, living
+from shutdown_harness import proctree, warm
 from shutdown_harness.engine import Engine, Exit, Job, raise_core_limit
 from shutdown_harness.plan import Plan
 from shutdown_harness.store import iter_records
@@ -188,42 +191,86 @@ def test_a_cell_that_cannot_fork_runs_cold_and_says_why(tmp_path: Path) -> None:
     assert any("ran cold although --warm was given" in n for n in report["notes"])
 
 
-def _processes_running(needle: str, also: str = "") -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if (needle.encode() in cmdline and also.encode() in cmdline
-                    and stat[stat.rfind(")") + 2] != "Z"):
-                found.append(int(entry.name))
+HOSTILE = Path(__file__).parent / "fixtures" / "hostile"
+FORKS = HOSTILE / "forks_scenario.py"
+
+
+def _left(piddir: Path) -> dict[int, tuple[str, list[int]]]:
+    """What forks_scenario.py runs wrote: run pid -> (warm|cold, the processes it left)."""
+    found = {}
+    for path in piddir.iterdir():
+        if not path.name.endswith(".tmp"):
+            start, run, *left = path.read_text().split()
+            found[int(run)] = (start, [int(p) for p in left])
     return found
 
 
-def test_warm_children_and_servers_die_with_the_harness(tmp_path: Path) -> None:
-    import shutil
-    import subprocess
-    import time
+def test_what_a_warm_run_leaves_dies_when_it_ends_as_a_cold_runs(tmp_path: Path) -> None:
+    # Forked (not exec'd) children see only the environment block the fork server started
+    # with: without the run's mark written there, the engine would leave them running.
+    assert warm.become_subreaper() is None
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    srv = warm.ForkServer(sys.executable, _argv(FORKS), dict(os.environ), tmp_path / "log")
+    srv.spawn()
+    try:
+        assert srv.ready() is None, (tmp_path / "log").read_text()
+        env = {**os.environ, "HOSTILE_PIDDIR": str(piddir), "HOSTILE_THEN": "exit"}
+        jobs = [Job(start, tuple(_argv(FORKS)), 30.0, env=env,
+                    launcher=srv.launch if start == "warm" else None)
+                for start in ("warm", "cold")]
+        seen: dict[str, tuple[int | None, str, list[int]]] = {}
 
-    scenario = tmp_path / "hangs_warm.py"  # a name of its own: no other test's processes
-    shutil.copy(BEHAVE, scenario)
+        def on_exit(ex: Exit) -> None:  # when the run is over, before the engine ends
+            start, left = _left(piddir).get(ex.pid, ("", []))
+            seen[ex.job.run_id] = (ex.returncode, start, [p for p in left if not gone(p, 5)])
+
+        assert Engine(tmp_path / "work", jobs=2, grace=1.0).run(jobs, on_exit)
+    finally:
+        srv.close()
+    assert seen == {"warm": (0, "warm", []), "cold": (0, "cold", [])}, (
+        seen, (tmp_path / "log").read_text())
+    assert len(_left(piddir)) == 2 and all(len(left) == 3 for _, left in _left(piddir).values())
+
+
+def test_a_killed_harness_leaves_no_warm_run_fork_or_server_behind(tmp_path: Path) -> None:
+    scenario = tmp_path / "forks_warm.py"  # a name of its own: no other test's processes
+    scenario.write_bytes(FORKS.read_bytes())
     (tmp_path / "pyproject.toml").write_text(
         f"[tool.shutdown-harness.strategies.host]\npython = {json.dumps(sys.executable)}\n")
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
     harness = subprocess.Popen(
         [sys.executable, "-m", "shutdown_harness", "run", "--scenario", str(scenario),
-         "--strategy", "host", "--runs", "40", "--warm", "--timeout", "100", "--out",
-         str(tmp_path / "c")], cwd=tmp_path, env={**os.environ, "WARM_BEHAVE": "hang"},
+         "--strategy", "host", "--runs", "40", "--jobs", "2", "--warm", "--timeout", "100",
+         "--out", str(tmp_path / "c")], cwd=tmp_path,
+        env={**os.environ, "HOSTILE_PIDDIR": str(piddir), "HOSTILE_THEN": "hang"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while len(_processes_running(str(scenario), "fork_server.py")) < 2:  # server + a warm run
-        assert time.monotonic() < deadline and harness.poll() is None
-        time.sleep(0.2)
-    harness.kill()
-    harness.wait()
-    deadline = time.monotonic() + 10
-    while _processes_running(str(scenario)):
-        assert time.monotonic() < deadline, _processes_running(str(scenario))
+    try:
+        # Runs 0 (a cold control) and 1 (warm) start together and hang with what they left.
+        deadline = time.monotonic() + 90
+        while {start for start, _ in _left(piddir).values()} != {"warm", "cold"}:
+            assert time.monotonic() < deadline and harness.poll() is None
+            time.sleep(0.1)
+        ours = [pid for pid, cmdline in living()  # the harness names it too
+                if str(scenario).encode() in cmdline and pid != harness.pid]
+        marks = {pid: proctree.marked(pid) or "" for pid in ours}
+        pids = [pid for run, (_, left) in _left(piddir).items() for pid in (run, *left)]
+        nonces = {mark.split(".")[0] for mark in marks.values() if mark}
+        assert any(".server." in mark for mark in marks.values()), marks  # the fork server
+        unmarked = [pid for pid in ours if not marks[pid]]
+        assert not set(unmarked) & {pid for pid, _ in living()}, marks  # warm runs, forks too
+        assert len(nonces) == 2, marks  # the engine's, the servers'
+    finally:
+        harness.kill()  # SIGKILL: nothing of the harness runs after this
+        harness.wait()
+    deadline = time.monotonic() + 15
+
+    def left_behind() -> list[tuple[int, bytes]]:
+        return [(pid, cmdline) for pid, cmdline in living()
+                if pid in pids or str(scenario).encode() in cmdline
+                or (proctree.marked(pid) or ".").split(".")[0] in nonces]
+
+    while left_behind():
+        assert time.monotonic() < deadline, left_behind()
         time.sleep(0.1)
