@@ -246,6 +246,12 @@ def _subsequence(patterns: Sequence[re.Pattern[str]], names: Iterable[str]) -> b
     return current is None
 
 
+@cache
+def _empty_rules() -> tuple[Rule, ...]:
+    """The built-in rules that can match an empty stderr (a pattern that matches no text)."""
+    return tuple(r for r in rules() if r.pattern is not None and _search(r, "") is not None)
+
+
 def first_match(stderr: str, category: str, functions: Sequence[str] = (),
                 rule_list: Sequence[Rule] | None = None, phase: str | None = None) -> Match | None:
     """The first rule, in file order, that applies to ``category`` (and ``phase``) and matches.
@@ -255,7 +261,12 @@ def first_match(stderr: str, category: str, functions: Sequence[str] = (),
     innermost first, with Rust hashes stripped but nothing skipped (the machinery frames are
     what some families are made of).
     """
-    for rule in rules() if rule_list is None else rule_list:
+    if rule_list is None:
+        # Most runs print nothing and have no backtrace: only a rule that matches an empty
+        # stderr can match them, and the built-in rules have none (a clean run's classify:
+        # 9.3 -> 4 us, of which these regex searches were the most).
+        rule_list = rules() if stderr or functions else _empty_rules()
+    for rule in rule_list:
         if not rule.applies_to(category, phase):
             continue
         if rule.pattern is not None:

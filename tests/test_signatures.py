@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from shutdown_harness.classify import classify_file
 from shutdown_harness.errors import UsageError
+from shutdown_harness.schema import CATEGORIES, PHASES
 from shutdown_harness.signatures import _rust_location, first_match, load_rules, rules, scrub
 
 CORPUS = Path(__file__).parent / "fixtures" / "crashes"
@@ -125,3 +126,13 @@ def test_fingerprint_keeps_where_stderr_says_the_run_died() -> None:
     assert fingerprint(a) == fingerprint(b) != fingerprint(c)
     assert fingerprint(c) == fingerprint(d) != fingerprint(c.replace("in main", "in work"))
     assert fingerprint("") == fingerprint("no fingerprint lines here")
+
+
+def test_an_empty_stderr_is_matched_as_by_every_rule() -> None:
+    # first_match looks only at the rules that can match an empty text when there is no
+    # stderr and no backtrace (most runs): the answer must be the full scan's, for every
+    # category and phase.
+    for category in CATEGORIES:
+        for phase in (None, *PHASES):
+            assert first_match("", category, phase=phase) == \
+                first_match("", category, rule_list=rules(), phase=phase)
