@@ -169,9 +169,7 @@ def classify(
         verdict = verdict.with_note(f"signature from {match.source} rule {match.rule.id}")
         if category == "clean":
             verdict = verdict.with_note(f"exited 0, but stderr shows {match.rule.id}")
-    elif category == "clean":
-        verdict = replace(verdict, signature="clean")
-    elif category == "error":
+    elif category == "error":  # a clean run's signature is already "clean" (its category)
         verdict = replace(verdict, signature=f"exit-{returncode}")
     if category != "crash":
         return verdict
