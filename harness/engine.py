@@ -174,11 +174,25 @@ class _Slot:
         self.cores = root / "cores"
         self._serial = itertools.count()
         self.runs = itertools.count()
+        self._changes = -1  # inotify: something was created in the workdir (see watch)
         self.workdir.mkdir(parents=True, exist_ok=True)
         _empty(str(self.workdir))
 
+    def watch(self) -> None:
+        """Note from now on what is created in the workdir, so that an exit that left nothing
+        there costs one read instead of a listing (opendir, readdir, closedir: 30-45 us of the
+        slot's CPU per run of ``true`` under --jobs 8, each call a GIL hand-over)."""
+        self._changes = _watch_creations(self.workdir)
+
+    def unwatch(self) -> None:
+        fd, self._changes = self._changes, -1
+        if fd >= 0:
+            os.close(fd)
+
     def set_aside(self, pid: int) -> Path | None:
         """Empty the workdir for the next child; a core file moves out, under a name of its own."""
+        if self._changes >= 0 and not _drain(self._changes):
+            return None  # nothing was created or moved in since it was last emptied
         core = None
         with os.scandir(self.workdir) as entries:
             for entry in entries:
@@ -253,6 +267,43 @@ def _remove(entry: os.DirEntry[str]) -> None:
         shutil.rmtree(entry.path, ignore_errors=True)
         return
     _unlink(entry.path)
+
+
+_IN_MOVED_TO = 0x80
+_IN_CREATE = 0x100
+
+
+def _watch_creations(folder: Path) -> int:
+    """An inotify descriptor that has events once anything is created in ``folder`` or moved
+    into it (-1: inotify is not to be had, e.g. the per-user instance limit: then every exit
+    lists the folder). The kernel queues the event in the call that creates the entry, core
+    dumps included, so it is there by the time the child is reaped; the engine's own unlinks
+    and renames out of the folder queue none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+        if fd < 0:
+            return -1
+        if libc.inotify_add_watch(fd, os.fsencode(folder), _IN_CREATE | _IN_MOVED_TO) < 0:
+            os.close(fd)
+            return -1
+        return fd
+    except (OSError, AttributeError):
+        return -1
+
+
+def _drain(fd: int) -> bool:
+    """Whether events (or an overflow) were queued on ``fd``; reads them all."""
+    seen = False
+    while True:
+        try:
+            if not os.read(fd, 1 << 16):
+                return True
+        except BlockingIOError:
+            return seen
+        except OSError:
+            return True  # cannot tell: look
+        seen = True
 
 
 def _block_async_signals() -> None:
@@ -332,6 +383,7 @@ class Engine:
         try:
             own_cwd = _own_working_directory(slot.workdir)
             _block_async_signals()
+            slot.watch()
             previous: Exit | None = None
             while True:
                 job = self._ahead.get()
@@ -346,6 +398,7 @@ class Engine:
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread
             error = e
         finally:
+            slot.unwatch()
             self._events.put(_SlotDone(error))
 
     def _wait(self, run: _Running) -> Exit | None:

@@ -155,6 +155,34 @@ def test_stop_kills_running_children_and_reports_only_finished(tmp_path: Path) -
     assert os.listdir(tmp_path / "work" / "slot-0") == []
 
 
+def test_every_child_starts_in_an_empty_folder_whatever_the_last_one_left(
+    tmp_path: Path,
+) -> None:
+    # A run that leaves nothing costs one inotify read; a file, a folder, a file moved in, or
+    # one left after the child exited (a process it started) must still be cleared.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shell = {
+        "file": "echo x > left.txt",
+        "folder": "mkdir -p a/b && echo x > a/b/c",
+        "moved": f"echo x > {outside}/m && mv {outside}/m here",
+        # a process that left the run's group and its mark writes after the child exited
+        "late": "env -i setsid sh -c 'sleep 0.3; echo x > late.txt' &",
+        "nothing": "true",
+    }
+    look = "ls -A; echo END"
+    jobs = []
+    for name, leave in shell.items():
+        jobs += [Job(name, ("sh", "-c", leave), timeout=30),
+                 Job(f"after-{name}", ("sh", "-c", look), timeout=30)]
+    jobs.insert(jobs.index(next(j for j in jobs if j.run_id == "after-late")),
+                Job("wait", ("sleep", "1"), timeout=30))
+    seen = _run(tmp_path, jobs, parallel=1)
+    for name in shell:
+        assert seen[f"after-{name}"]["stdout"] == "END\n", name
+    assert os.listdir(tmp_path / "work" / "slot-0") == []
+
+
 def test_callbacks_and_the_job_iterator_never_run_at_once(tmp_path: Path) -> None:
     # on_exit runs in the slot threads: the engine serializes it with the pulls from `jobs`.
     busy: list[str] = []
