@@ -25,6 +25,7 @@ from typing import Any
 from shutdown_harness import stats
 from shutdown_harness.errors import UsageError
 from shutdown_harness.schema import CATEGORIES, FAILURE_CATEGORIES, counts_for_rate
+from shutdown_harness.stats import FIDELITY_ALPHA
 from shutdown_harness.store import CAMPAIGN, RESULTS, Distinct, iter_records, read_campaign
 from shutdown_harness.versions import sort_labels
 
@@ -45,9 +46,6 @@ __all__ = [
 ]
 
 _EXCEPTION_PREFIX = "python-exception:"
-#: Below this Fisher p-value, a cell's warm and cold runs differ: its warm numbers are not
-#: trusted (the reports say so loudly and gates fail; harness/warm.py).
-FIDELITY_ALPHA = 0.01
 _EXEMPLAR_KEYS = ("run_id", "category", "outcome", "signal", "returncode", "phase", "stderr_tail",
                   "artifacts", "frames", "backtrace", "exception", "notes", "client_version",
                   "python")

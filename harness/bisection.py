@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from shutdown_harness import releases as index
 from shutdown_harness.errors import EXIT_INTERRUPTED, UsageError
 from shutdown_harness.stats import fisher_exact
 
@@ -315,13 +316,11 @@ def _releases_between(package: str, bad: str, good: str,
     """The releases from the older end to the newer one (both ends included), whether the
     bad end is the older (looking for a fix) or not (a regression), and each release's
     Requires-Python."""
-    from shutdown_harness import versions
-
-    releases = versions.released_versions(package)
+    releases = index.released_versions(package)
     known = {r.version: r for r in releases}
     ends = []
     for label, text in (("--bad", bad), ("--good", good)):
-        v = versions.parse_version(text, label)
+        v = index.parse_version(text, label)
         if v not in known:
             raise UsageError(f"{label} {text}: {package} has no release {text} on the index")
         ends.append(v)

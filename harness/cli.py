@@ -197,18 +197,6 @@ def _command_argv(command: str) -> list[str]:
     return argv
 
 
-def _plan_seed(plan: dict[str, Any]) -> int:
-    """The default seed: a function of what the plan runs (not of the shard or the machine),
-    so that shards started with the same arguments merge; ``--seed`` draws another."""
-    import hashlib
-
-    from shutdown_harness.merge import plan_key
-
-    experiment = {k: v for k, v in plan_key({"plan": plan})["plan"].items() if k != "seed"}
-    digest = hashlib.sha256(json.dumps(experiment, sort_keys=True, default=str).encode())
-    return int.from_bytes(digest.digest()[:4], "big") >> 1
-
-
 def _listed(value: Any) -> list[str] | None:
     return [value] if isinstance(value, str) else value
 
@@ -441,7 +429,7 @@ def _plan_from_args(
         **{key: value for key, value in chosen.items() if value is not None},
     )
     if chosen["seed"] is None:
-        plan = plan.replace(seed=_plan_seed(plan.to_dict()))
+        plan = plan.replace(seed=plan.derived_seed())  # shards of one campaign agree
     rename = {"scenario": "scenarios", "strategy": "strategies", "no_faulthandler": "faulthandler"}
     return plan, frozenset(rename.get(k, k) for k in given)
 

@@ -636,7 +636,7 @@ class Engine:
                 if thread.ident is not None:
                     thread.join()
             self._orphans.collect(everything=True)
-            proctree.stop_watchdog(watchdog)
+            proctree.stop_watchdog(watchdog, swept=subreaper is not None)
             proctree.restore_subreaper(subreaper)
             os.close(self._devnull)
             self._devnull = -1

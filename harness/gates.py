@@ -37,11 +37,14 @@ import fnmatch
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shutdown_harness import stats
-from shutdown_harness.aggregate import FIDELITY_ALPHA, Aggregate, Cell
 from shutdown_harness.errors import UsageError
+from shutdown_harness.stats import FIDELITY_ALPHA
+
+if TYPE_CHECKING:
+    from shutdown_harness.aggregate import Aggregate, Cell
 
 __all__ = ["THRESHOLDS", "Gate", "GateResult", "parse_gates", "evaluate", "unmatched",
            "runs_to_pass", "unreachable"]

@@ -1,7 +1,7 @@
 """Merge: combine the folders of a sharded (or split) campaign into one campaign folder.
 
 Folders are compatible when their plans are equal except for what may differ between machines
-running shards of one campaign (`_PER_MACHINE`: the shard itself, jobs, pinned CPU ids,
+running shards of one campaign (`plan.PER_MACHINE`: the shard itself, jobs, pinned CPU ids,
 service endpoints, core and artifact policies) and their strategies name the same packages and
 cleanup modes. Anything else (scenarios, strategies, runs, seed, timeout, exit delay, ...) makes
 them different experiments: `merge` refuses with a UsageError naming the key.
@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from shutdown_harness.errors import UsageError
+from shutdown_harness.plan import PER_MACHINE
 from shutdown_harness.reports import write_all
 from shutdown_harness.store import CAMPAIGN, RESULTS, Distinct, iter_records, read_campaign
 
 __all__ = ["merge", "check_compatible", "plan_key"]
 
-#: Plan keys that may differ between the shards of one campaign.
-_PER_MACHINE = frozenset({"shard", "jobs", "pin_cpus", "etcd", "valkey", "services", "cores",
-                          "keep_cores", "keep_artifacts", "cores_per_signature"})
 #: Strategy fields that define the experiment (the Python path differs between machines).
 _STRATEGY_KEYS = ("requirements", "mode", "cleanup", "sleep_s")
 _ARTIFACTS = "artifacts"
@@ -37,7 +35,7 @@ _LABELS = {"plan": "plan", "strategies": "strategy"}
 
 def plan_key(campaign: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for two folders to be parts of one campaign."""
-    plan = {k: v for k, v in (campaign.get("plan") or {}).items() if k not in _PER_MACHINE}
+    plan = {k: v for k, v in (campaign.get("plan") or {}).items() if k not in PER_MACHINE}
     strategies = {
         name: {k: spec.get(k) for k in _STRATEGY_KEYS if spec.get(k) is not None}
         for name, spec in (campaign.get("strategies") or {}).items()

@@ -18,6 +18,8 @@ how one cell's runs start, once the plan has met the scenarios and strategies.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,9 +28,14 @@ from typing import Any
 from shutdown_harness import stressors
 from shutdown_harness.errors import UsageError
 
-__all__ = ["Plan", "Cellinfo", "RunSpec", "Cell", "parse_shard", "iter_plan", "plan_size"]
+__all__ = ["Plan", "Cellinfo", "RunSpec", "Cell", "PER_MACHINE", "parse_shard", "iter_plan",
+           "plan_size"]
 
 Cell = tuple[str, str]  # (scenario, strategy)
+#: Plan settings that may differ between the shards of one campaign (``merge`` ignores them):
+#: where and how hard a shard runs, not what it measures.
+PER_MACHINE = frozenset({"shard", "jobs", "pin_cpus", "etcd", "valkey", "services", "cores",
+                         "keep_cores", "keep_artifacts", "cores_per_signature"})
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,14 @@ class Plan:
 
     def replace(self, **changes: Any) -> Plan:
         return dataclasses.replace(self, **changes)
+
+    def derived_seed(self) -> int:
+        """The default seed: a function of what the plan measures (not of the shard or the
+        machine, :data:`PER_MACHINE`), so that shards started with the same arguments merge."""
+        experiment = {k: v for k, v in self.to_dict().items()
+                      if k not in PER_MACHINE and k != "seed"}
+        digest = hashlib.sha256(json.dumps(experiment, sort_keys=True, default=str).encode())
+        return int.from_bytes(digest.digest()[:4], "big") >> 1
 
     def load(self) -> dict[str, Any]:
         """The load label of this plan's runs (jobs, pinned CPUs, exit delay)."""

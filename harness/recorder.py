@@ -17,7 +17,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +33,8 @@ from shutdown_harness.schema import Verdict, record_fields
 from shutdown_harness.signatures import fingerprint
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     from shutdown_harness.store import ResultStore
     from shutdown_harness.warm import ForkServer
 
@@ -148,7 +149,7 @@ class Recorder:
         self.no_core_reason = core_dump_unavailable() if options.cores else "--cores off"
         self.no_gdb_reason = gdb_available()
         self.core_budget = CoreBudget(exemplars=options.cores_per_signature)
-        self.analysis = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdb")
+        self._analysis: ThreadPoolExecutor | None = None  # started with the first core to read
         self.core_dir = store.folder / ".cores"
         self._unflushed: list[dict[str, Any]] = []
         #: Service outages (name, from, to; epoch seconds): a failed run within one is infra.
@@ -163,8 +164,6 @@ class Recorder:
 
     def jobs(self, specs: Iterable[RunSpec]) -> Iterator[Job]:
         """The engine's jobs for these runs (remembered, to name each exit's run)."""
-        from shutdown_harness.warm import is_control
-
         for spec in specs:
             why = self.stop(self.tally) if self.stop is not None else None
             if why is not None:
@@ -181,7 +180,7 @@ class Recorder:
                 self.log(f"warm start stopped for {spec.scenario} / {spec.strategy}, its "
                          f"next runs start cold: {server.refused}")
                 server = None
-            if server is not None and is_control(spec.index, info.runs):
+            if server is not None and _is_control(spec.index, info.runs):
                 server = None  # a cold control of a warm cell
             yield Job(
                 run_id=spec.run_id,
@@ -249,7 +248,7 @@ class Recorder:
                 self.core_dir.mkdir(exist_ok=True)
                 kept = self.core_dir / f"{ex.pid}.core"
                 os.replace(core, kept)
-                self.analysis.submit(
+                self._in_background(
                     self._analyse, key, record, ex, stdout, stderr, kept, info, decision.reason
                 )
                 return
@@ -257,7 +256,7 @@ class Recorder:
             if unspecific and not self.no_gdb_reason:
                 # Inferred from the analyses queued before this run, once they are done: the
                 # same single worker runs them in order.
-                self.analysis.submit(self._infer, key, record, verdict, stdout, stderr)
+                self._in_background(self._infer, key, record, verdict, stdout, stderr)
                 return
         elif verdict.category == "crash":
             record["backtrace"] = f"unavailable: {self.no_core_reason or 'no core file'}"
@@ -437,11 +436,30 @@ class Recorder:
                 except UsageError:
                     return  # a write failed (a full disk): the next record or close says so
 
+    def _in_background(self, task: Callable[..., None], *args: Any) -> None:
+        """``task`` on the one analysis worker: tasks run in the order given."""
+        if self._analysis is None:
+            # Imported here: concurrent.futures pulls logging (~11 ms of a run's start-up,
+            # -X importtime), and a campaign that leaves no core to read never needs it.
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._analysis = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdb")
+        self._analysis.submit(task, *args)
+
     def close(self) -> None:
         """Wait for the backtraces still being analysed, then flush and count every record."""
-        self.analysis.shutdown(wait=True)
+        if self._analysis is not None:
+            self._analysis.shutdown(wait=True)
         self._closing.set()
         self._flusher.join()
         with self.lock:
             self._flush()
 
+
+def _is_control(index: int, runs: int) -> bool:
+    """Whether a run of a warm cell starts cold (harness/warm.py)."""
+    # Imported here: warm.py pulls socket (~6 ms of every run's start-up, -X importtime), and
+    # only a campaign with fork servers asks.
+    from shutdown_harness.warm import is_control
+
+    return is_control(index, runs)

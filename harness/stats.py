@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from functools import cache
-from statistics import NormalDist
 from typing import Any
 
 from shutdown_harness.errors import UsageError
@@ -33,6 +32,7 @@ from shutdown_harness.errors import UsageError
 __all__ = [
     "CONFIDENCE",
     "ALPHA",
+    "FIDELITY_ALPHA",
     "Comparison",
     "wilson_interval",
     "interval_halfwidth",
@@ -49,6 +49,9 @@ __all__ = [
 
 CONFIDENCE = 0.95
 ALPHA = 0.05  # significance level of the verdict sentences
+#: Below this Fisher p-value, a cell's warm and cold runs differ: its warm numbers are not
+#: trusted (the reports say so loudly and gates fail; harness/warm.py).
+FIDELITY_ALPHA = 0.01
 #: scipy's tolerance for tables as likely as the one seen (floating-point ties count as ties).
 _TIE = 1 + 1e-7
 
@@ -56,6 +59,10 @@ _TIE = 1 + 1e-7
 @cache
 def _z(confidence: float) -> float:
     """The two-sided normal quantile: 1.96 for 0.95."""
+    # Imported here, where a number needs it: statistics pulls decimal, fractions and random
+    # (~6 ms of every run's start-up, -X importtime), and a campaign needs it only to report.
+    from statistics import NormalDist
+
     return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 

@@ -28,12 +28,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import (
-    InvalidSdistFilename,
-    InvalidWheelFilename,
-    parse_sdist_filename,
-    parse_wheel_filename,
-)
 from shutdown_harness.errors import UsageError
 from shutdown_harness.virtualenv import installed_versions
 
@@ -196,7 +190,19 @@ def _label(spec: str, requirements: tuple[str, ...]) -> str:
     ``/build/dist/etcd_client_py-0.4.1-cp311-abi3-linux_x86_64.whl@explicit`` ->
     ``etcd-client-py-0.4.1@explicit``, so two modes of one wheel read apart in every table."""
     label = spec.strip()
-    for requirement in requirements:
+    files = [r for r in requirements if Path(r).name.endswith((".whl", ".tar.gz", ".zip"))]
+    if not files:
+        return label
+    # Imported here: packaging.utils pulls packaging.tags (~18 ms of a run's start-up, -X
+    # importtime), needed only for a strategy that installs a local file.
+    from packaging.utils import (
+        InvalidSdistFilename,
+        InvalidWheelFilename,
+        parse_sdist_filename,
+        parse_wheel_filename,
+    )
+
+    for requirement in files:
         filename = Path(requirement).name
         try:
             if filename.endswith(".whl"):

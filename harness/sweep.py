@@ -1,6 +1,6 @@
 """``sweep PACKAGE --scenario S``: one scenario across a package's releases, in one campaign.
 
-    find the releases (versions.py) -> install each (not-installable: why) -> one campaign of
+    find the releases (releases.py) -> install each (not-installable: why) -> one campaign of
     strategies PACKAGE==V, interleaved -> per release: measured / not-runnable / not-applicable
     -> change points (adjacent measured releases, Fisher) -> sweep.json, table, HTML chart
 
@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+from shutdown_harness import releases as index
 from shutdown_harness import stats
 from shutdown_harness.errors import EXIT_OK, UsageError
 
@@ -103,17 +104,15 @@ def find_versions(package: str, spec: str | None, *, pre: bool = False, yanked: 
     """The releases to measure, oldest first, each with its Requires-Python: from the
     configured index, narrowed by ``spec``; an explicit list still works when the index
     cannot be reached."""
-    from shutdown_harness import versions
-
     try:
-        releases = versions.released_versions(package)
-    except versions.IndexUnreachable as e:
-        if spec and not versions.is_specifier(spec):
+        releases = index.released_versions(package)
+    except index.IndexUnreachable as e:
+        if spec and not index.is_specifier(spec):
             log(f"{e}: measuring the versions as listed")
-            return [(v, None) for v in versions.select(package, spec, None)]
+            return [(v, None) for v in index.select(package, spec, None)]
         raise
     requires = {r.version: r.requires_python for r in releases}
-    chosen = versions.select(package, spec, releases, pre=pre, yanked=yanked)
+    chosen = index.select(package, spec, releases, pre=pre, yanked=yanked)
     return [(v, requires.get(v)) for v in chosen]
 
 

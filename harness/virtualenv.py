@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,7 +185,7 @@ def _remove_leftovers(root: Path, name: str) -> None:
 def _build(strategy: Strategy, target: Path, digest: str, say: Callable[[str], None]) -> None:
     root = target.parent
     _remove_leftovers(root, target.name)
-    tmp = root / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = root / f".{target.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     interpreter = strategy.python or sys.executable
     started = time.monotonic()
     try:

@@ -2,7 +2,8 @@
 
     open_campaign -> resolve_scenarios -> services_needed (started) -> prepare_strategies
         -> plan_cells -> check_gates -> write_campaign_file -> start_warm -> count_recorded
-        -> execute -> summarize -> write_reports
+        -> execute (the report stage loads meanwhile: preload_reports) -> summarize
+        -> write_reports
 
 Each task takes plain values (the :class:`~harness.plan.Plan`, the store, the cells...) and
 returns its result; :func:`run` passes them on and always stops the services and closes the
@@ -13,12 +14,13 @@ every exit goes to the recorder (harness/recorder.py), which classifies it and s
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
-import platform
 import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -30,7 +32,6 @@ from typing import IO, TYPE_CHECKING, Any
 from shutdown_harness import (
     __version__,
     discovery,
-    reports,
     strategies,
     stressors,
     virtualenv,
@@ -45,16 +46,10 @@ from shutdown_harness.service_kinds import kinds
 from shutdown_harness.stats import cell_done
 from shutdown_harness.store import ResultStore, iter_records
 from shutdown_harness.versions import label_key
-from shutdown_harness.warm import (
-    CONTROL_FRACTION,
-    MIN_CONTROLS,
-    ForkServer,
-    become_subreaper,
-    unsafe_modules,
-)
 
 if TYPE_CHECKING:
     from shutdown_harness.services import ServiceSet
+    from shutdown_harness.warm import ForkServer
 
 __all__ = [
     "Options",
@@ -70,6 +65,7 @@ __all__ = [
     "write_campaign_file",
     "start_warm",
     "count_recorded",
+    "preload_reports",
     "execute",
     "summarize",
     "write_reports",
@@ -156,6 +152,8 @@ def run(plan: Plan, options: Options) -> Outcome:
         warm, warm_refused = start_warm(plan, cells, out, log)
         cleanup.callback(_stop_warm, warm)
         tally = count_recorded(out)
+        if options.with_reports:
+            cleanup.callback(preload_reports().join)  # never left importing at exit
         completed, interrupted = execute(
             plan, cells, store, tally, services=services, stream=options.stream, log=log,
             stop=options.stop, warm=warm, warm_refused=warm_refused,
@@ -172,19 +170,33 @@ def run(plan: Plan, options: Options) -> Outcome:
 
 # -- environment facts ---------------------------------------------------------------------
 def environment() -> dict[str, Any]:
-    libc, libc_version = platform.libc_ver()
+    """What the campaign ran on, for campaign.json and the reports.
+
+    From ``os.uname`` and ``sys``, not the ``platform`` module: ``platform.platform()`` runs
+    ``uname -p`` in a subprocess on Linux (7-14 ms of every campaign's start). ``os`` is the
+    string ``platform.platform()`` gives (``Linux-6.1.0-x86_64-with-glibc2.36``).
+    """
+    uname = os.uname()
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"; None off glibc
+    except (ValueError, OSError):
+        libc = ""
     try:
         core_pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
     except OSError:
         core_pattern = None
+    build = sys.version.partition("(")[2].partition(")")[0]  # "main, May  9 2026, 07:35:25"
+    implementation = sys.implementation.name
     return {
-        "os": platform.platform(),
-        "kernel": platform.release(),
-        "machine": platform.machine(),
-        "libc": f"{libc} {libc_version}".strip(),
+        "os": f"{uname.sysname}-{uname.release}-{uname.machine}"
+              + (f"-with-{libc.replace(' ', '')}" if libc else ""),
+        "kernel": uname.release,
+        "machine": uname.machine,
+        "libc": libc,
         "python": sys.version.split()[0],
-        "python_build": " ".join(platform.python_build()),
-        "python_implementation": platform.python_implementation(),
+        "python_build": build.replace(", ", " "),
+        "python_implementation": {"cpython": "CPython", "pypy": "PyPy"}.get(implementation,
+                                                                           implementation),
         "cpus": os.cpu_count(),
         "cpus_usable": stressors.cpu_count(),
         "core_pattern": core_pattern,
@@ -412,9 +424,13 @@ def start_warm(
         return {}, {}
     if plan.command:
         raise UsageError("--warm forks scenario children: it does not apply to --command")
+    # Imported here: warm.py pulls socket (~6 ms of every run's start-up, -X importtime) for
+    # --warm campaigns only.
+    from shutdown_harness import warm
+
     refused: dict[Cell, str] = {}
-    cannot = become_subreaper()
-    unsafe = unsafe_modules()
+    cannot = warm.become_subreaper()
+    unsafe = warm.unsafe_modules()
     servers: dict[Cell, ForkServer] = {}
     ready: dict[Cell, ForkServer] = {}
     try:
@@ -423,7 +439,7 @@ def start_warm(
                 refused[cell] = cannot
                 continue
             server_log = out / ".work" / "warm" / f"{len(servers)}.log"
-            server = ForkServer(str(info.argv[0]), info.argv, info.env, server_log, unsafe)
+            server = warm.ForkServer(str(info.argv[0]), info.argv, info.env, server_log, unsafe)
             servers[cell] = server
             server.spawn()
         for cell, server in servers.items():  # their imports ran side by side
@@ -440,7 +456,7 @@ def start_warm(
         log(f"warm start refused for {scenario} / {strategy}, its runs start cold: {reason}")
     if ready:
         log(f"warm start: {len(ready)} fork servers ready; cold controls: "
-            f"{CONTROL_FRACTION:.0%} of each cell's runs, at least {MIN_CONTROLS}")
+            f"{warm.CONTROL_FRACTION:.0%} of each cell's runs, at least {warm.MIN_CONTROLS}")
     return ready, refused
 
 
@@ -455,6 +471,32 @@ def count_recorded(out: Path) -> Tally:
     for record in iter_records(out):
         tally.add(record)
     return tally
+
+
+#: The report stage: what write_reports needs, and every format it writes.
+REPORT_MODULES = ("shutdown_harness.reports", "shutdown_harness.reports.terminal",
+                  "shutdown_harness.reports.json_report", "shutdown_harness.reports.markdown",
+                  "shutdown_harness.reports.junit", "shutdown_harness.reports.html")
+
+
+def preload_reports() -> threading.Thread:
+    """Import the report stage in a thread while the runs go (the engine's threads mostly wait
+    for children): aggregate, gates and the five formats, rich among them, are about 60 ms of
+    imports, which a small campaign would otherwise wait for after its last run (a one-run
+    campaign's whole command was 17.6x a bare ``python -c pass``). The import system's
+    per-module locks make :func:`write_reports`'s own import wait for a load still under way;
+    the package has no import cycle (tests/test_imports.py), so the two cannot deadlock."""
+
+    def load() -> None:
+        for name in REPORT_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - write_reports imports again and says why
+                return
+
+    thread = threading.Thread(target=load, name="preload-reports", daemon=True)
+    thread.start()
+    return thread
 
 
 def execute(
@@ -563,6 +605,9 @@ def write_reports(
 ) -> tuple[dict[str, Path], bool]:
     """Every report format next to the results and the terminal table; returns the reports
     written and whether a gate failed."""
+    # Imported here: preload_reports has loaded the report stage while the runs went.
+    from shutdown_harness import reports
+
     data = reports.prepare(out, config.get("gates") or {})
     written = reports.write_all(data, out)
     return written, reports.print_terminal(data, stream)

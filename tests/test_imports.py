@@ -168,20 +168,43 @@ def test_the_check_finds_function_level_and_long_cycles(tmp_path: Path) -> None:
 
 
 #: Heavy or optional modules (docs/architecture.md, "Imports"): imported where they are used,
-#: never on the way to `--help`, `list` or a campaign's imports.
+#: never on the way to `--help`, `list` or a campaign's end (its reports included).
 _HEAVY = ("scipy", "urllib.request", "http.client", "importlib.metadata", "filelock", "docker",
-          "testcontainers", "rich.live", "rich.progress")
+          "testcontainers", "rich", "packaging.specifiers", "packaging.tags")
+#: Not before a campaign's first run (`run` imports cli and workflow, then starts children):
+#: the report stage loads while the runs go (workflow.preload_reports), the rest only on the
+#: paths that need it (a core to read, --warm, an interval to compute).
+_AFTER_THE_FIRST_RUN = ("shutdown_harness.reports", "shutdown_harness.aggregate",
+                        "shutdown_harness.merge", "shutdown_harness.warm", "concurrent.futures",
+                        "statistics", "socket", "secrets", "uuid")
+
+_CAMPAIGN = ("shutdown_harness.cli, shutdown_harness.workflow, shutdown_harness.reports, "
+             + ", ".join(f"shutdown_harness.reports.{m}" for m in (
+                 "terminal", "json_report", "markdown", "junit", "html")))
+
+
+def _loaded(modules: str) -> list[str]:
+    code = (f"import sys; before = set(sys.modules); import {modules}; "
+            "print(__import__('json').dumps(sorted(set(sys.modules) - before)))")
+    return list(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                          text=True, check=True).stdout))
+
+
+def _among(loaded: list[str], names: tuple[str, ...]) -> list[str]:
+    return [m for m in loaded if any(m == h or m.startswith(h + ".") for h in names)]
 
 
 @pytest.mark.parametrize("modules", [
     "shutdown_harness.cli",
     "shutdown_harness.cli, shutdown_harness.discovery, shutdown_harness.strategies",
-    "shutdown_harness.workflow, shutdown_harness.reports, shutdown_harness.versions",
+    _CAMPAIGN,
 ])
 def test_start_up_imports_nothing_heavy(modules: str) -> None:
-    code = (f"import sys; before = set(sys.modules); import {modules}; "
-            "print(__import__('json').dumps(sorted(set(sys.modules) - before)))")
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                       text=True, check=True).stdout)
-    heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in _HEAVY)]
+    heavy = _among(_loaded(modules), _HEAVY)
     assert not heavy, f"import {modules} loads {heavy}"
+
+
+def test_nothing_a_campaign_needs_later_is_imported_before_its_first_run() -> None:
+    early = _among(_loaded("shutdown_harness.cli, shutdown_harness.workflow"),
+                   _AFTER_THE_FIRST_RUN)
+    assert not early, f"loaded before the first run: {early}"

@@ -361,3 +361,16 @@ def test_resume_reads_an_older_plan_and_checks_the_options_given_again(tmp_path:
     assert said == [f"resuming {out}: 0 runs already recorded"]
     with pytest.raises(UsageError, match="planned with runs=4, not 5"):
         open_campaign(given.replace(runs=5), out, True, frozenset({"runs"}), said.append)
+
+
+def test_environment_says_what_platform_says_without_running_uname() -> None:
+    import platform
+
+    from shutdown_harness.workflow import environment
+
+    found = environment()
+    assert found["os"] == platform.platform()
+    assert found["libc"] == " ".join(platform.libc_ver()).strip()
+    assert found["python_build"] == " ".join(platform.python_build())
+    assert found["python_implementation"] == platform.python_implementation()
+    assert (found["kernel"], found["machine"]) == (platform.release(), platform.machine())
