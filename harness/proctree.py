@@ -257,7 +257,7 @@ def start_watchdog(nonce: str) -> subprocess.Popen[bytes] | None:
         return None
 
 
-def stop_watchdog(watchdog: subprocess.Popen[bytes] | None, swept: bool) -> None:
+def stop_watchdog(watchdog: subprocess.Popen[bytes] | None, *, swept: bool = False) -> None:
     """End the watchdog: the harness is ending on its own.
 
     ``swept``: this process is a subreaper and has swept every run's processes itself
