@@ -30,7 +30,8 @@ Each child gets:
 
 At exit, a core file moves out of ``slot-N`` to ``cores/`` (a rename, no copy) and anything
 else the child left there is removed, so the next child starts in an empty folder while the
-callback still reads the previous one's files.
+callback still reads the previous one's files. The folder is listed only when inotify saw
+something created in it (most runs leave nothing: one read instead of a listing).
 
 Ctrl-C / SIGTERM: :meth:`Engine.stop` (safe to call from a signal handler or another thread)
 stops spawning and kills the running groups; runs that finished are still reported, runs that
