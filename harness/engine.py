@@ -372,6 +372,8 @@ class Engine:
         #: Called in the slot thread just before a job starts; returns the job to start (it may
         #: wait: the recorder holds starts while a service restarts, and sets its endpoint).
         self.before_spawn: Callable[[Job], Job] | None = None
+        #: Called once, in the slot thread that started the first child, right after it did.
+        self.started: Callable[[], None] | None = None
 
     def stop(self) -> None:
         """Stop spawning and kill running children. Safe in a signal handler or any thread."""
@@ -393,6 +395,8 @@ class Engine:
                 if self.before_spawn is not None:
                     job = self.before_spawn(job)
                 spawned = self._spawn(job, slot, own_cwd)
+                if self.started is not None:
+                    self._call_started()
                 record(slot, previous)  # while the new child runs
                 previous = spawned if isinstance(spawned, Exit) else self._wait(spawned)
             record(slot, previous)
@@ -401,6 +405,12 @@ class Engine:
         finally:
             slot.unwatch()
             self._events.put(_SlotDone(error))
+
+    def _call_started(self) -> None:
+        with self._lock:
+            started, self.started = self.started, None
+        if started is not None:
+            started()
 
     def _wait(self, run: _Running) -> Exit | None:
         """Wait for ``run`` to exit and reap it (None: killed by :meth:`stop`, not reported)."""

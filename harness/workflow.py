@@ -2,7 +2,7 @@
 
     open_campaign -> resolve_scenarios -> services_needed (started) -> prepare_strategies
         -> plan_cells -> check_gates -> write_campaign_file -> start_warm -> count_recorded
-        -> execute (the report stage loads meanwhile: preload_reports) -> summarize
+        -> execute (the report stage loads meanwhile: ReportStage) -> summarize
         -> write_reports
 
 Each task takes plain values (the :class:`~harness.plan.Plan`, the store, the cells...) and
@@ -65,7 +65,7 @@ __all__ = [
     "write_campaign_file",
     "start_warm",
     "count_recorded",
-    "preload_reports",
+    "ReportStage",
     "execute",
     "summarize",
     "write_reports",
@@ -152,11 +152,13 @@ def run(plan: Plan, options: Options) -> Outcome:
         warm, warm_refused = start_warm(plan, cells, out, log)
         cleanup.callback(_stop_warm, warm)
         tally = count_recorded(out)
-        if options.with_reports:
-            cleanup.callback(preload_reports().join)  # never left importing at exit
+        report_stage = ReportStage() if options.with_reports else None
+        if report_stage is not None:
+            cleanup.callback(report_stage.close)
         completed, interrupted = execute(
             plan, cells, store, tally, services=services, stream=options.stream, log=log,
             stop=options.stop, warm=warm, warm_refused=warm_refused,
+            started=report_stage.begin if report_stage is not None else None,
         )
         summarize(tally, out, completed=completed, interrupted=interrupted, log=log)
         reports: dict[str, Path] = {}
@@ -479,24 +481,44 @@ REPORT_MODULES = ("shutdown_harness.reports", "shutdown_harness.reports.terminal
                   "shutdown_harness.reports.junit", "shutdown_harness.reports.html")
 
 
-def preload_reports() -> threading.Thread:
-    """Import the report stage in a thread while the runs go (the engine's threads mostly wait
-    for children): aggregate, gates and the five formats, rich among them, are about 60 ms of
-    imports, which a small campaign would otherwise wait for after its last run (a one-run
-    campaign's whole command was 17.6x a bare ``python -c pass``). The import system's
-    per-module locks make :func:`write_reports`'s own import wait for a load still under way;
-    the package has no import cycle (tests/test_imports.py), so the two cannot deadlock."""
+class ReportStage:
+    """The report stage's modules, imported in a thread once the first runs have started.
 
-    def load() -> None:
+    aggregate, gates and the five formats are ~48 M instructions of imports (~25 ms; callgrind),
+    which a small campaign would otherwise wait for after its last run. Started before the
+    first child, the thread would take the GIL from the engine's own start; started once the
+    first child runs, its imports fall in time the harness spends waiting for children.
+    The import system's per-module locks make :func:`write_reports`'s own import wait for a
+    load under way; the package has no import cycle (tests/test_imports.py), so the two cannot
+    deadlock.
+    """
+
+    def __init__(self) -> None:
+        self._go = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._load, name="preload-reports", daemon=True)
+        self._thread.start()
+
+    def begin(self) -> None:
+        """The first runs have started: load (called from a slot thread)."""
+        self._go.set()
+
+    def close(self) -> None:
+        """Wait for the load to end (never left importing at exit); no load if none began."""
+        if not self._go.is_set():
+            self._closed = True
+            self._go.set()
+        self._thread.join()
+
+    def _load(self) -> None:
+        self._go.wait()
+        if self._closed:
+            return
         for name in REPORT_MODULES:
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - write_reports imports again and says why
                 return
-
-    thread = threading.Thread(target=load, name="preload-reports", daemon=True)
-    thread.start()
-    return thread
 
 
 def execute(
@@ -511,9 +533,11 @@ def execute(
     stop: Stop | None = None,
     warm: Mapping[Cell, ForkServer] | None = None,
     warm_refused: Mapping[Cell, str] | None = None,
+    started: Callable[[], None] | None = None,
 ) -> tuple[bool, bool]:
     """Run the plan through the engine; every finished run is on disk before it is counted
-    in ``tally``. Returns (completed: every run handed out, interrupted: Ctrl-C / SIGTERM)."""
+    in ``tally``. ``started`` is called once the first child runs. Returns (completed: every
+    run handed out, interrupted: Ctrl-C / SIGTERM)."""
     stream = stream or sys.stdout
     log = log or _logger(stream)
     out = store.folder
@@ -528,6 +552,7 @@ def execute(
     # No more slots than runs: the load each record names is the concurrency that ran.
     jobs = max(1, min(plan.jobs, remaining))
     engine = Engine(out / ".work", jobs=jobs)
+    engine.started = started
     interrupted = False
 
     def interrupt(*_: Any) -> None:
@@ -605,7 +630,7 @@ def write_reports(
 ) -> tuple[dict[str, Path], bool]:
     """Every report format next to the results and the terminal table; returns the reports
     written and whether a gate failed."""
-    # Imported here: preload_reports has loaded the report stage while the runs went.
+    # Imported here: ReportStage has loaded it while the runs went.
     from shutdown_harness import reports
 
     data = reports.prepare(out, config.get("gates") or {})

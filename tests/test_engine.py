@@ -278,3 +278,26 @@ def test_capture_keeps_both_ends_of_a_huge_output_and_frees_the_middle() -> None
     capture.close()
     small.close()
     assert capture.read() == b""
+
+
+def test_started_is_called_once_after_the_first_child_started(tmp_path: Path) -> None:
+    marker = tmp_path / "first-child-ran"
+    calls: list[tuple[str, bool]] = []
+    engine = Engine(tmp_path / "work", jobs=3)
+    # The first child touches a file and sleeps, so "after it started" can be seen from here.
+    jobs = [Job("0", (sys.executable, "-c", "import pathlib, sys, time; "
+                      "pathlib.Path(sys.argv[1]).touch(); time.sleep(0.5)", str(marker)),
+                timeout=20.0)]
+    jobs += [_job(str(i), "exit", "0") for i in range(1, 6)]
+
+    def started() -> None:
+        calls.append((threading.current_thread().name, engine.started is None))
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:  # the child runs by now
+            time.sleep(0.01)
+
+    engine.started = started
+    assert engine.run(jobs, lambda ex: None)
+    assert len(calls) == 1, calls
+    assert calls[0][0].startswith("slot-") and calls[0][1]
+    assert marker.exists()

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -374,3 +375,20 @@ def test_environment_says_what_platform_says_without_running_uname() -> None:
     assert found["python_build"] == " ".join(platform.python_build())
     assert found["python_implementation"] == platform.python_implementation()
     assert (found["kernel"], found["machine"]) == (platform.release(), platform.machine())
+
+
+@pytest.mark.parametrize("begun", [True, False])
+def test_the_report_stage_loads_only_once_begun_and_close_waits(begun: bool) -> None:
+    code = (
+        "import sys, time\n"
+        "from shutdown_harness.workflow import REPORT_MODULES, ReportStage\n"
+        "stage = ReportStage()\n"
+        "time.sleep(0.3)\n"
+        "assert not set(REPORT_MODULES) & set(sys.modules), 'loaded before begin'\n"
+        f"if {begun}:\n"
+        "    stage.begin()\n"
+        "stage.close()\n"
+        "loaded = set(REPORT_MODULES) <= set(sys.modules)\n"
+        f"assert loaded == {begun}, sorted(set(REPORT_MODULES) - set(sys.modules))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
