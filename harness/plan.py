@@ -20,16 +20,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shutdown_harness import stressors
 from shutdown_harness.errors import UsageError
 
-__all__ = ["Plan", "Cellinfo", "RunSpec", "Cell", "PER_MACHINE", "parse_shard", "iter_plan",
-           "plan_size"]
+if TYPE_CHECKING:
+    from shutdown_harness.services import ServiceSet
+    from shutdown_harness.warm import ForkServer
+
+__all__ = ["Plan", "Cellinfo", "Prepared", "RunSpec", "Cell", "PER_MACHINE", "child_environment",
+           "parse_shard", "iter_plan", "plan_size"]
 
 Cell = tuple[str, str]  # (scenario, strategy)
 #: Plan settings that may differ between the shards of one campaign (``merge`` ignores them):
@@ -138,6 +143,29 @@ class Cellinfo:
     executable: str | None = None  # the real binary, for gdb on a core file
     client_version: str | None = None
     services: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The cells a campaign runs and what they run on: a ``--command``'s one cell
+    (workflow.py), or what the prepare stage made of the scenarios and strategies
+    (prepare.py)."""
+
+    cells: Mapping[Cell, Cellinfo]
+    not_applicable: Mapping[str, str] = field(default_factory=dict)  # "scenario/strategy": why
+    strategies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # campaign.json's
+    services: ServiceSet | None = None  # started
+    warm: Mapping[Cell, ForkServer] = field(default_factory=dict)  # ready fork servers
+    warm_refused: Mapping[Cell, str] = field(default_factory=dict)  # cells that start cold: why
+
+
+def child_environment(plan: Plan) -> dict[str, str]:
+    """The environment every child starts from: the harness's, the plan's seed and the folder
+    the harness was started in."""
+    env = dict(os.environ)
+    env["SHUTDOWN_HARNESS_SEED"] = str(plan.seed)
+    env["SHUTDOWN_HARNESS_CWD"] = os.getcwd()
+    return env
 
 
 @dataclass(frozen=True, slots=True)

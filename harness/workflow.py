@@ -1,9 +1,9 @@
 """The ``run`` pipeline, as small tasks in one visible order (:func:`run`).
 
-    open_campaign -> resolve_scenarios -> services_needed (started) -> prepare_strategies
-        -> plan_cells -> check_gates -> write_campaign_file -> start_warm -> count_recorded
-        -> execute (the report stage loads meanwhile: ReportStage) -> summarize
-        -> write_reports
+    open_campaign -> prepare (a --command's cell, or harness/prepare.py: scenarios, services,
+        virtualenvs, cells, fork servers) -> check_gates -> write_campaign_file
+        -> count_recorded -> execute (the report stage loads meanwhile: ReportStage)
+        -> summarize -> write_reports
 
 Each task takes plain values (the :class:`~harness.plan.Plan`, the store, the cells...) and
 returns its result; :func:`run` passes them on and always stops the services and closes the
@@ -13,7 +13,6 @@ every exit goes to the recorder (harness/recorder.py), which classifies it and s
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import shlex
@@ -29,20 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from shutdown_harness import (
-    __version__,
-    discovery,
-    strategies,
-    stressors,
-    virtualenv,
-)
+from shutdown_harness import __version__, stressors
 from shutdown_harness.engine import Engine, raise_core_limit
 from shutdown_harness.errors import EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from shutdown_harness.gates import unreachable
-from shutdown_harness.plan import Cell, Cellinfo, Plan, iter_plan, plan_size
+from shutdown_harness.plan import (
+    Cell,
+    Cellinfo,
+    Plan,
+    Prepared,
+    child_environment,
+    iter_plan,
+    plan_size,
+)
 from shutdown_harness.progress import ProgressView, Tally
 from shutdown_harness.recorder import Recorder, RecorderOptions, Stop, now_iso
-from shutdown_harness.service_kinds import kinds
 from shutdown_harness.stats import cell_done
 from shutdown_harness.store import ResultStore, iter_records
 from shutdown_harness.versions import label_key
@@ -54,16 +54,12 @@ if TYPE_CHECKING:
 __all__ = [
     "Options",
     "Outcome",
-    "Prepared",
     "run",
     "open_campaign",
-    "resolve_scenarios",
-    "services_needed",
-    "prepare_strategies",
-    "plan_cells",
+    "prepare",
+    "command_cell",
     "check_gates",
     "write_campaign_file",
-    "start_warm",
     "count_recorded",
     "ReportStage",
     "execute",
@@ -75,7 +71,6 @@ __all__ = [
 
 COMMAND_SCENARIO = "command"
 COMMAND_STRATEGY = "host"
-CHILD = Path(__file__).with_name("child.py")
 
 Log = Callable[[str], None]
 
@@ -92,14 +87,6 @@ class Options:
     with_reports: bool = True  # write every report format at the end
     stream: IO[str] = field(default_factory=lambda: sys.stdout)
     stop: Stop | None = None  # asked before each new run (pytest plugin: verdict, deadline)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A strategy and the Python its children run under."""
-
-    strategy: strategies.Strategy
-    python: Path
 
 
 @dataclass(frozen=True)
@@ -139,25 +126,18 @@ def run(plan: Plan, options: Options) -> Outcome:
     with ExitStack() as cleanup:
         store, plan = open_campaign(plan, out, options.resume, options.given, log)
         cleanup.callback(store.close)
-        scenarios = resolve_scenarios(plan, options.config)
-        services = services_needed(scenarios, plan, options.config, log)
-        if services is not None:
-            cleanup.enter_context(services)  # started; stopped on the way out, whatever happens
-        prepared = prepare_strategies(plan, scenarios, options.config, log)
-        cells, not_applicable = plan_cells(plan, scenarios, prepared, services, log)
-        check_gates(options.config, cells, log)
+        prepared = prepare(plan, options.config, out, cleanup, log)
+        check_gates(options.config, prepared.cells, log)
         if not options.resume:
-            write_campaign_file(store, plan, options.argv, prepared, cells, not_applicable,
-                                services)
-        warm, warm_refused = start_warm(plan, cells, out, log)
-        cleanup.callback(_stop_warm, warm)
+            write_campaign_file(store, plan, options.argv, prepared)
         tally = count_recorded(out)
         report_stage = ReportStage() if options.with_reports else None
         if report_stage is not None:
             cleanup.callback(report_stage.close)
         completed, interrupted = execute(
-            plan, cells, store, tally, services=services, stream=options.stream, log=log,
-            stop=options.stop, warm=warm, warm_refused=warm_refused,
+            plan, prepared.cells, store, tally, services=prepared.services,
+            stream=options.stream, log=log, stop=options.stop, warm=prepared.warm,
+            warm_refused=prepared.warm_refused,
             started=report_stage.begin if report_stage is not None else None,
         )
         summarize(tally, out, completed=completed, interrupted=interrupted, log=log)
@@ -166,7 +146,7 @@ def run(plan: Plan, options: Options) -> Outcome:
         if options.with_reports and not interrupted:
             reports, gate_failed = write_reports(out, options.config, options.stream)
     log(f"({time.monotonic() - started:.1f} s)")
-    return Outcome(plan=plan, out=out, cells=cells, tally=tally, interrupted=interrupted,
+    return Outcome(plan=plan, out=out, cells=prepared.cells, tally=tally, interrupted=interrupted,
                    completed=completed, gate_failed=gate_failed, reports=reports)
 
 
@@ -237,107 +217,34 @@ def open_campaign(
     return store, plan
 
 
-def resolve_scenarios(plan: Plan, config: Mapping[str, Any]) -> list[discovery.ScenarioInfo]:
-    """Read the planned scenarios (names or paths; bad ones are a usage error, before any
-    service starts)."""
+def prepare(plan: Plan, config: Mapping[str, Any], out: Path, cleanup: ExitStack,
+            log: Log) -> Prepared:
+    """The cells to run and what they run on: a ``--command``'s one cell, or the prepare stage
+    of a scenario campaign (harness/prepare.py: scenarios, services, virtualenvs, fork
+    servers), whose services and servers ``cleanup`` stops."""
     if plan.command:
-        return []
-    return discovery.resolve(list(plan.scenarios or ()), services=kinds(config))
+        if plan.warm:
+            raise UsageError("--warm forks scenario children: it does not apply to --command")
+        return Prepared(cells={(COMMAND_SCENARIO, COMMAND_STRATEGY): command_cell(plan)})
+    # Imported here: the prepare stage (discovery, strategies, virtualenvs, services, warm
+    # start) is ~20 M instructions of imports (~10 ms, callgrind) a --command campaign never
+    # needs.
+    from shutdown_harness.prepare import scenario_stage
+
+    return scenario_stage(plan, config, out, cleanup, log)
 
 
-def services_needed(
-    scenarios: list[discovery.ScenarioInfo], plan: Plan, config: Mapping[str, Any], log: Log
-) -> ServiceSet | None:
-    """The services the planned scenarios declare, and only those, not started yet
-    (:func:`run` starts them as a context, so that they are stopped whatever happens)."""
-    needed = sorted({s for info in scenarios for s in info.services})
-    if not needed:
-        return None
-    from shutdown_harness import services
-
-    how = {**plan.services, "etcd": plan.etcd, "valkey": plan.valkey}
-    return services.ServiceSet(
-        {name: how.get(name) or "auto" for name in needed}, config=config, log=log
+def command_cell(plan: Plan) -> Cellinfo:
+    """``--command``: any program, run as it is, with all thread stacks on a hang."""
+    command = tuple(_absolute_files(shlex.split(plan.command or "")))
+    return Cellinfo(
+        argv=command,
+        env={**child_environment(plan), "PYTHONFAULTHANDLER": "1"},
+        timeout=plan.timeout or 60.0,
+        dump_signal=signal.SIGABRT,  # with PYTHONFAULTHANDLER=1: all thread stacks
+        runs=plan.runs or 100,
+        executable=_which(command[0]),
     )
-
-
-def prepare_strategies(
-    plan: Plan, scenarios: list[discovery.ScenarioInfo], config: Mapping[str, Any], log: Log
-) -> dict[str, Prepared]:
-    """Build (or reuse) one virtualenv per strategy and check its cleanup mode."""
-    if plan.command:
-        return {}
-    prepared: dict[str, Prepared] = {}
-    for strategy in strategies.resolve(list(plan.strategies or ()), config):
-        if plan.python and strategy.python is None and strategy.requirements:
-            strategy = dataclasses.replace(strategy, python=plan.python)
-        if strategy.requirements:
-            python = virtualenv.ensure(strategy, progress=lambda msg: log(f"  {msg}"))
-        else:  # an existing interpreter with the client already installed
-            python = Path(strategy.python or sys.executable)
-        strategies.check_mode(strategy, python, [info.path.parent for info in scenarios])
-        prepared[strategy.name] = Prepared(strategy, python)
-    return prepared
-
-
-def plan_cells(
-    plan: Plan,
-    scenarios: list[discovery.ScenarioInfo],
-    prepared: Mapping[str, Prepared],
-    services: ServiceSet | None,
-    log: Log,
-) -> tuple[dict[Cell, Cellinfo], dict[str, str]]:
-    """One :class:`Cellinfo` per (scenario, strategy) that can run, and why the others cannot
-    ("scenario/strategy" -> reason)."""
-    cells: dict[Cell, Cellinfo] = {}
-    not_applicable: dict[str, str] = {}
-    base_env = dict(os.environ)
-    base_env["SHUTDOWN_HARNESS_SEED"] = str(plan.seed)
-    base_env["SHUTDOWN_HARNESS_CWD"] = os.getcwd()  # where the harness was started
-    if plan.command:
-        command = tuple(_absolute_files(shlex.split(plan.command)))
-        env = {**base_env, "PYTHONFAULTHANDLER": "1"}
-        cells[(COMMAND_SCENARIO, COMMAND_STRATEGY)] = Cellinfo(
-            argv=command,
-            env=env,
-            timeout=plan.timeout or 60.0,
-            dump_signal=signal.SIGABRT,  # with PYTHONFAULTHANDLER=1: all thread stacks
-            runs=plan.runs or 100,
-            executable=_which(command[0]),
-        )
-        return cells, not_applicable
-    for info in scenarios:
-        for name, each in prepared.items():
-            strategy, python = each.strategy, each.python
-            env = {**base_env}
-            if info.services and services is not None:
-                env.update(services.env(info.services))
-            reason = discovery.probe(info, python, env)
-            if reason is not None:
-                not_applicable[f"{info.name}/{name}"] = reason
-                continue
-            argv: list[str] = [str(python), str(CHILD), str(info.path), *strategy.child_args()]
-            if plan.exit_delay:
-                argv += ["--exit-delay", str(plan.exit_delay)]
-            if not plan.faulthandler:
-                argv += ["--no-faulthandler"]
-            versions = virtualenv.installed_versions(python)
-            cells[(info.name, name)] = Cellinfo(
-                argv=tuple(argv),
-                env=env,
-                timeout=plan.timeout or info.timeout,
-                dump_signal=signal.SIGUSR1,
-                runs=plan.runs or info.runs,
-                python=versions.get("python"),
-                executable=os.path.realpath(python),
-                client_version=_client_version(strategy, versions),
-                services=info.services,
-            )
-    for cell, why in not_applicable.items():
-        log(f"not applicable: {cell}: {why}")
-    if not cells:
-        raise UsageError("no scenario can run under the chosen strategies (all not applicable)")
-    return cells, not_applicable
 
 
 def check_gates(config: Mapping[str, Any], cells: Mapping[Cell, Cellinfo], log: Log) -> None:
@@ -349,11 +256,6 @@ def check_gates(config: Mapping[str, Any], cells: Mapping[Cell, Cellinfo], log: 
     planned = ((scenario, strategy, info.runs) for (scenario, strategy), info in cells.items())
     for line in unreachable(gates, planned):
         log(f"warning: {line}")
-
-
-def _client_version(strategy: strategies.Strategy, versions: dict[str, str]) -> str | None:
-    found = [f"{d}=={versions[d]}" for d in strategy.distributions if d in versions]
-    return "+".join(found) or None
 
 
 def _absolute_files(argv: list[str]) -> list[str]:
@@ -374,13 +276,7 @@ def _which(program: str) -> str | None:
 
 
 def write_campaign_file(
-    store: ResultStore,
-    plan: Plan,
-    argv: tuple[str, ...],
-    prepared: Mapping[str, Prepared],
-    cells: Mapping[Cell, Cellinfo],
-    not_applicable: Mapping[str, str],
-    services: ServiceSet | None,
+    store: ResultStore, plan: Plan, argv: tuple[str, ...], prepared: Prepared
 ) -> None:
     """campaign.json: the plan and what it ran on (new campaigns only)."""
     store.create(
@@ -389,16 +285,7 @@ def write_campaign_file(
             "created_at": now_iso(),
             "argv": list(argv),
             "plan": plan.to_dict(),
-            "strategies": {
-                name: {
-                    "requirements": list(p.strategy.requirements),
-                    "mode": p.strategy.mode,
-                    "cleanup": p.strategy.cleanup,
-                    "description": p.strategy.description,
-                    "python": p.strategy.python,
-                }
-                for name, p in prepared.items()
-            },
+            "strategies": {name: dict(spec) for name, spec in prepared.strategies.items()},
             "cells": {
                 f"{cell[0]}/{cell[1]}": {
                     "runs": info.runs,
@@ -407,64 +294,14 @@ def write_campaign_file(
                     "client_version": info.client_version,
                     "argv": list(info.argv),
                 }
-                for cell, info in cells.items()
+                for cell, info in prepared.cells.items()
             },
-            "not_applicable": dict(not_applicable),
+            "not_applicable": dict(prepared.not_applicable),
             "environment": environment(),
-            "services": services.describe() if services is not None else {},
+            "services": prepared.services.describe() if prepared.services is not None else {},
             "load": plan.load(),
         }
     )
-
-
-def start_warm(
-    plan: Plan, cells: Mapping[Cell, Cellinfo], out: Path, log: Log
-) -> tuple[dict[Cell, ForkServer], dict[Cell, str]]:
-    """With --warm: one fork server per cell (harness/warm.py), and why the cells that cannot
-    fork run cold."""
-    if not plan.warm:
-        return {}, {}
-    if plan.command:
-        raise UsageError("--warm forks scenario children: it does not apply to --command")
-    # Imported here: warm.py pulls socket (~6 ms of every run's start-up, -X importtime) for
-    # --warm campaigns only.
-    from shutdown_harness import warm
-
-    refused: dict[Cell, str] = {}
-    cannot = warm.become_subreaper()
-    unsafe = warm.unsafe_modules()
-    servers: dict[Cell, ForkServer] = {}
-    ready: dict[Cell, ForkServer] = {}
-    try:
-        for cell, info in cells.items():
-            if cannot:
-                refused[cell] = cannot
-                continue
-            server_log = out / ".work" / "warm" / f"{len(servers)}.log"
-            server = warm.ForkServer(str(info.argv[0]), info.argv, info.env, server_log, unsafe)
-            servers[cell] = server
-            server.spawn()
-        for cell, server in servers.items():  # their imports ran side by side
-            reason = server.ready()
-            if reason is None:
-                ready[cell] = server
-            else:
-                refused[cell] = reason
-                server.close()
-    except BaseException:
-        _stop_warm(servers)
-        raise
-    for (scenario, strategy), reason in refused.items():
-        log(f"warm start refused for {scenario} / {strategy}, its runs start cold: {reason}")
-    if ready:
-        log(f"warm start: {len(ready)} fork servers ready; cold controls: "
-            f"{warm.CONTROL_FRACTION:.0%} of each cell's runs, at least {warm.MIN_CONTROLS}")
-    return ready, refused
-
-
-def _stop_warm(servers: Mapping[Cell, ForkServer]) -> None:
-    for server in servers.values():
-        server.close()
 
 
 def count_recorded(out: Path) -> Tally:

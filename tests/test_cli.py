@@ -481,3 +481,14 @@ def test_list_into_a_closed_pipe_ends_quietly() -> None:
     os.close(writer)
     assert done.returncode == 141, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_a_bad_strategy_is_refused_before_any_service_starts(tmp_path: Path) -> None:
+    # Nothing listens on port 1: had the etcd service been set up first, the error would be
+    # that etcd is unreachable.
+    done = _harness("run", "--scenario", "sanity", "--strategy", "no-such-strategy",
+                    "--etcd", "127.0.0.1:1", "--runs", "2", "--out", str(tmp_path / "c"),
+                    cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "unknown strategy 'no-such-strategy'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

@@ -171,12 +171,15 @@ def test_the_check_finds_function_level_and_long_cycles(tmp_path: Path) -> None:
 #: never on the way to `--help`, `list` or a campaign's end (its reports included).
 _HEAVY = ("scipy", "urllib.request", "http.client", "importlib.metadata", "filelock", "docker",
           "testcontainers", "rich", "packaging.specifiers", "packaging.tags")
-#: Not before a campaign's first run (`run` imports cli and workflow, then starts children):
-#: the report stage loads while the runs go (workflow.preload_reports), the rest only on the
-#: paths that need it (a core to read, --warm, an interval to compute).
+#: Not imported by `cli` and `workflow` themselves (`run` imports those, then starts the
+#: children): the report stage loads while the runs go (workflow.ReportStage), the prepare stage
+#: for scenario campaigns only (not --command), the rest on the paths that need it (a core to
+#: read, --warm, an interval to compute).
 _AFTER_THE_FIRST_RUN = ("shutdown_harness.reports", "shutdown_harness.aggregate",
-                        "shutdown_harness.merge", "shutdown_harness.warm", "concurrent.futures",
-                        "statistics", "socket", "secrets", "uuid")
+                        "shutdown_harness.merge", "shutdown_harness.prepare",
+                        "shutdown_harness.discovery", "shutdown_harness.strategies",
+                        "shutdown_harness.virtualenv", "shutdown_harness.warm",
+                        "concurrent.futures", "statistics", "socket", "secrets", "uuid")
 
 _CAMPAIGN = ("shutdown_harness.cli, shutdown_harness.workflow, shutdown_harness.reports, "
              + ", ".join(f"shutdown_harness.reports.{m}" for m in (

@@ -19,8 +19,9 @@ from _processes import gone, living
 from shutdown_harness import proctree, warm
 from shutdown_harness.engine import Engine, Exit, Job, raise_core_limit
 from shutdown_harness.plan import Plan
+from shutdown_harness.prepare import CHILD
 from shutdown_harness.store import iter_records
-from shutdown_harness.workflow import CHILD, Options, Outcome, run
+from shutdown_harness.workflow import Options, Outcome, run
 
 CHILDREN = Path(__file__).parent / "children"
 BEHAVE = CHILDREN / "warm_behave.py"
