@@ -166,8 +166,10 @@ def test_every_child_starts_in_an_empty_folder_whatever_the_last_one_left(
         "file": "echo x > left.txt",
         "folder": "mkdir -p a/b && echo x > a/b/c",
         "moved": f"echo x > {outside}/m && mv {outside}/m here",
-        # a process that left the run's group and its mark writes after the child exited
-        "late": "env -i setsid sh -c 'sleep 0.3; echo x > late.txt' &",
+        # a process that left the run's group and its mark (so it outlives the run) writes
+        # after the child exited; the child waits until it has left them
+        "late": f"env -i setsid sh -c 'touch {outside}/left; sleep 0.3; echo x > late.txt' & "
+                f"until [ -e {outside}/left ]; do sleep 0.01; done",
         "nothing": "true",
     }
     look = "ls -A; echo END"
@@ -176,8 +178,10 @@ def test_every_child_starts_in_an_empty_folder_whatever_the_last_one_left(
         jobs += [Job(name, ("sh", "-c", leave), timeout=30),
                  Job(f"after-{name}", ("sh", "-c", look), timeout=30)]
     jobs.insert(jobs.index(next(j for j in jobs if j.run_id == "after-late")),
-                Job("wait", ("sleep", "1"), timeout=30))
+                Job("wait", ("sh", "-c", "until [ -e late.txt ]; do sleep 0.05; done"),
+                    timeout=30))  # the late file is written while this one runs
     seen = _run(tmp_path, jobs, parallel=1)
+    assert seen["wait"]["returncode"] == 0
     for name in shell:
         assert seen[f"after-{name}"]["stdout"] == "END\n", name
     assert os.listdir(tmp_path / "work" / "slot-0") == []
