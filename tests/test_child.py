@@ -45,3 +45,15 @@ def test_a_clients_module_beside_the_scenario_comes_first(tmp_path: Path) -> Non
     seen = _run(scenario)
     assert Path(seen["clients"]) == tmp_path / "_clients.py"
     assert seen["key"] == "mine"
+
+
+def test_a_child_whose_parent_is_not_the_harness_after_its_prctl_exits_at_once() -> None:
+    # A warm run names the harness (fork_server.py's request): any other parent after the
+    # PR_SET_PDEATHSIG means the harness died before it, and the run must not start.
+    harness = Path(__file__).parent.parent / "harness"
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); import child\n"
+            "child._die_with_parent(int(sys.argv[2]) or os.getppid()); print('ran')\n")
+    for parent, returncode, said in ((0, 0, "ran\n"), (1, 1, ""), (2**22 + 1, 1, "")):
+        result = subprocess.run([sys.executable, "-c", code, str(harness), str(parent)],
+                                capture_output=True, text=True, timeout=60)
+        assert (result.returncode, result.stdout) == (returncode, said), (parent, result)

@@ -147,6 +147,24 @@ def test_an_unsafe_import_refuses_warm_start(tmp_path: Path) -> None:
     assert reason is not None and "json, listed as unsafe to fork" in reason
 
 
+def test_a_server_without_room_for_the_run_mark_refuses(tmp_path: Path) -> None:
+    # Without the padded mark that ForkServer.spawn gives it, a run could not be marked: the
+    # server says so and its cell runs cold (a run must never go unmarked).
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env = {k: v for k, v in os.environ.items() if k != proctree.MARK}
+    with ours:
+        server = subprocess.Popen(
+            [sys.executable, str(warm.FORK_SERVER), "--fd", str(theirs.fileno()), "--mark",
+             proctree.MARK, "--", *_argv(BEHAVE)[2:]], env=env, pass_fds=(theirs.fileno(),))
+        theirs.close()
+        ours.settimeout(60)
+        hello = json.loads(ours.recv(1 << 16))
+    assert server.wait(timeout=60) == 0
+    assert hello["ok"] is False and "cannot mark the runs" in hello["reason"], hello
+
+
 def _campaign(tmp_path: Path, scenario: Path, runs: int) -> tuple[Outcome, str]:
     """Run a --warm campaign; its outcome and what it said."""
     config = {"strategies": {"host": {"python": sys.executable}}}
