@@ -36,9 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from packaging.utils import canonicalize_name
+from shutdown_harness import discovery, sweep
 from shutdown_harness import releases as index
 from shutdown_harness.errors import EXIT_INTERRUPTED, UsageError
-from shutdown_harness.stats import fisher_exact
+from shutdown_harness.stats import compare, fisher_exact, format_p, format_rate
 
 __all__ = [
     "PRIOR",
@@ -344,9 +346,6 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
                    argv: Sequence[str] = ()) -> int:
     """``shutdown-harness bisect``: 0 with an answer (even at the cap: it says how sure),
     1 when the ends do not differ significantly (refused, with the numbers)."""
-    from shutdown_harness import discovery, sweep
-    from shutdown_harness.stats import compare, format_p, format_rate
-
     stream = stream or sys.stdout
 
     def log(text: str) -> None:
@@ -376,6 +375,7 @@ def bisect_command(package: str, scenario: str, *, bad: str, good: str, out: Pat
 
     with contextlib.ExitStack() as stack:
         if info.services:  # started once for every batch, not once per batch
+            # Imported here: for a scenario that declares a service only (prepare.py says why).
             from shutdown_harness.services import ServiceSet
 
             how = {**(settings.get("services") or {}),
@@ -529,8 +529,6 @@ def _write(out: Path, package: str, scenario: str, change: tuple[Any, Any] | Non
            fixing: bool, confidence: float, p_value: float, steps: list[dict[str, Any]],
            skipped: list[Any], line: str, releases: Mapping[Any, Any],
            notes: list[str]) -> None:
-    from packaging.utils import canonicalize_name
-
     data: dict[str, Any] = {"format": 1, "package": canonicalize_name(package),
                             "scenario": scenario, "looking_for": "fix" if fixing else
                             "regression", "first_good": None, "last_bad": None,

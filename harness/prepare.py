@@ -92,6 +92,8 @@ def services_needed(
     needed = sorted({s for info in scenarios for s in info.services})
     if not needed:
         return None
+    # Imported here: services.py (with containers.py) is ~30 M instructions of imports (~15 ms,
+    # callgrind), for scenarios that declare a service only.
     from shutdown_harness import services
 
     how = {**plan.services, "etcd": plan.etcd, "valkey": plan.valkey}

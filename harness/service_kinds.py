@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -317,8 +318,6 @@ class Declared(ServiceKind):
     origin: str = field(default="", compare=False)  # where it was declared
 
     def program(self) -> str:
-        import shutil
-
         found = shutil.which(self.command[0])
         if found is None:
             raise ServiceError(f"{self.name}: {self.command[0]!r} not found on PATH")

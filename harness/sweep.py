@@ -14,19 +14,32 @@ release, measuring a batch) are what ``bisect`` (bisection.py) measures with too
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import platform
+import re
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from shutdown_harness import discovery, reports, stats, strategies, virtualenv
 from shutdown_harness import releases as index
-from shutdown_harness import stats
+from shutdown_harness.aggregate import load_campaign
 from shutdown_harness.errors import EXIT_OK, UsageError
+from shutdown_harness.plan import Plan
+from shutdown_harness.store import read_campaign
+from shutdown_harness.virtualenv import find_python
+from shutdown_harness.workflow import Options, run
 
 __all__ = [
     "SWEEP_FILE",
@@ -92,8 +105,6 @@ def strategy_of(package: str, version: Version | str) -> str:
 # -- which releases --------------------------------------------------------------------------
 def check_package(package: str) -> str:
     """The package name as given, if it is a valid distribution name."""
-    import re
-
     if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?", package):
         raise UsageError(f"{package!r} is not a package name")
     return package
@@ -118,9 +129,6 @@ def find_versions(package: str, spec: str | None, *, pre: bool = False, yanked: 
 
 def python_version(python: str | None) -> str:
     """The version of the interpreter the virtualenvs are built with."""
-    import platform
-    import subprocess
-
     if python is None:
         return platform.python_version()
     done = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
@@ -130,8 +138,6 @@ def python_version(python: str | None) -> str:
 
 def unsupported(requires_python: str | None, version: str) -> str | None:
     """Why a release's Requires-Python excludes this interpreter (None if it does not)."""
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
     if not requires_python or not version:
         return None
     try:
@@ -144,19 +150,13 @@ def unsupported(requires_python: str | None, version: str) -> str | None:
 
 def resolve_python(python: str | None) -> str | None:
     """``--python PATH|VERSION`` -> the interpreter's path, or None for the harness's own."""
-    from shutdown_harness.virtualenv import find_python
-
     return None if python is None else find_python(python)
 
 
 def install(package: str, version: Version, python: str | None, log: Log) -> str | None:
     """Build (or reuse) the release's virtualenv; None when it installs, else why not."""
-    from shutdown_harness import strategies, virtualenv
-
     strategy = strategies.parse_inline(strategy_of(package, version))
     if python is not None:
-        from dataclasses import replace
-
         strategy = replace(strategy, python=python)
     try:
         virtualenv.ensure(strategy, progress=lambda msg: log(f"  {msg}"))
@@ -173,9 +173,6 @@ def run_campaign(*, scenario: str, strategies: Sequence[str], out: Path, runs: i
                  config: Mapping[str, Any], stream: IO[str], argv: Sequence[str],
                  settings: Mapping[str, Any], with_reports: bool = True) -> int:
     """One ``run`` campaign through the workflow's public entry point."""
-    from shutdown_harness.plan import Plan
-    from shutdown_harness.workflow import Options, run
-
     plan = Plan(scenarios=(scenario,), strategies=tuple(strategies), runs=runs,
                 **{k: v for k, v in settings.items() if v is not None})
     options = Options(out=out, config=dict(config), stream=stream, argv=tuple(argv),
@@ -185,9 +182,6 @@ def run_campaign(*, scenario: str, strategies: Sequence[str], out: Path, runs: i
 
 def results_of(out: Path, package: str, releases: Sequence[Release]) -> None:
     """Fill each release's counts and status from a campaign folder (aggregate's cells)."""
-    from shutdown_harness.aggregate import load_campaign
-    from shutdown_harness.store import read_campaign
-
     agg = load_campaign(out)
     not_applicable = read_campaign(out, missing_ok=True).get("not_applicable") or {}
     for release in releases:
@@ -238,12 +232,6 @@ def change_points(releases: Sequence[Release],
 
 def render_table(data: Mapping[str, Any], color: bool = False) -> str:
     """The terminal view of sweep.json: one row per release in version order."""
-    import io
-
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
     buf = io.StringIO()
     console = Console(file=buf, width=140, force_terminal=color, no_color=not color,
                       highlight=False)
@@ -295,8 +283,6 @@ def sweep_command(package: str, scenario: str, *, spec: str | None, runs: int | 
                   config: Mapping[str, Any] | None = None, stream: IO[str] | None = None,
                   argv: Sequence[str] = ()) -> int:
     """``shutdown-harness sweep``: exit 0 (1 when a gate of the campaign fails)."""
-    from shutdown_harness import discovery
-
     stream = stream or sys.stdout
 
     def log(text: str) -> None:
@@ -336,7 +322,6 @@ def sweep_command(package: str, scenario: str, *, spec: str | None, runs: int | 
             "change_points": change_points(releases)}
     (out / SWEEP_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     if runnable:  # every report of the campaign, the HTML one with the release chart
-        from shutdown_harness import reports
 
         data_ = reports.prepare(out, (config or {}).get("gates") or {})
         reports.write_all(data_, out)

@@ -4,6 +4,7 @@ verdicts, the signature breakdown and exemplar stderr / native backtraces."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from html import escape
@@ -236,7 +237,6 @@ def _sweep_section(agg: Aggregate) -> list[str]:
     """The release chart when the campaign is a sweep (sweep.json next to the results)."""
     if agg.directory is None or not (agg.directory / "sweep.json").is_file():
         return []
-    import json
 
     try:
         sweep = json.loads((agg.directory / "sweep.json").read_text(encoding="utf-8"))
