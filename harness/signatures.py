@@ -10,7 +10,6 @@ Adding a family is a data change plus a test case, not a code change.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
@@ -88,6 +87,10 @@ def fingerprint(stderr: str) -> str:
     """A short digest of what ``stderr`` says of where the run died, without run-specific
     parts (addresses, thread ids, numbers): runs with equal fingerprints died alike as far as
     stderr tells, so one's native signature may be inferred from another's core."""
+    # Imported here: hashlib (OpenSSL) is ~11 M instructions (~5 ms) of every campaign's
+    # start, and only a crash with a core to read is fingerprinted.
+    import hashlib
+
     lines = [scrub(m.group()) for m in _FINGERPRINT_LINE.finditer(stderr[-_FINGERPRINT_TAIL:])]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:10]
 

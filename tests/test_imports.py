@@ -179,7 +179,8 @@ _AFTER_THE_FIRST_RUN = ("shutdown_harness.reports", "shutdown_harness.aggregate"
                         "shutdown_harness.merge", "shutdown_harness.prepare",
                         "shutdown_harness.discovery", "shutdown_harness.strategies",
                         "shutdown_harness.virtualenv", "shutdown_harness.warm",
-                        "concurrent.futures", "statistics", "socket", "secrets", "uuid")
+                        "concurrent.futures", "statistics", "socket", "secrets", "uuid",
+                        "hashlib")
 
 _CAMPAIGN = ("shutdown_harness.cli, shutdown_harness.workflow, shutdown_harness.reports, "
              + ", ".join(f"shutdown_harness.reports.{m}" for m in (
