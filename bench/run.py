@@ -10,7 +10,8 @@ machine falls on both sides alike. Measured:
 
 - start-up: ``shutdown-harness --help``, ``list`` and a one-run campaign (``run --command
   "python -c pass" --runs 1``: start-up, the run and the five reports) against a bare
-  ``python -c pass``;
+  ``python -c pass``, and the same one-run campaign in instructions (callgrind, when valgrind
+  is installed: a count that the machine's load does not move);
 - throughput: ``shutdown-harness run`` vs a bare ``xargs -P J`` running the same child argv
   the same number of times at the same parallelism, for a trivial child (``python -c pass``)
   and for the ``ultra_rapid`` scenario (same argv, same etcd); and vs the sequential
@@ -34,7 +35,9 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -293,6 +296,42 @@ def measure_startup(bench: Bench) -> None:
         "start-up: a one-run campaign, `run --command \"python -c pass\" --runs 1` (whole "
         f"command, 5 reports; median of {reps} paired ratios to the bare Python)",
         f"{ratio:.1f}x ({1e3 * wall:.0f} ms)", "<= 15x", ratio <= 15))
+
+
+def _instructions(argv: list[str], cwd: Path) -> int:
+    """Instructions the process ``argv`` executes itself (callgrind; children not traced)."""
+    out = cwd / "callgrind.out"
+    proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd, text=True)
+    found = re.search(r"Collected : (\d+)", proc.stderr)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"valgrind {shlex.join(argv)} failed ({proc.returncode})")
+    out.unlink(missing_ok=True)
+    return int(found.group(1))
+
+
+def measure_instructions(bench: Bench) -> None:
+    """The one-run campaign's own instructions against a bare ``python -c pass``'s.
+
+    Wall times move with the load of a shared machine; the count of instructions a process
+    executes does not (callgrind; the harness's children are not traced). Skipped without
+    valgrind.
+    """
+    if shutil.which("valgrind") is None:
+        bench.rows.append(Row("start-up in instructions (callgrind)", "skipped: no valgrind"))
+        return
+    cwd = bench.folder("instructions")
+    cwd.mkdir()
+    bench.log("start-up in instructions: callgrind on a bare Python and a one-run campaign")
+    bare = _instructions([sys.executable, "-c", "pass"], cwd)
+    script = _harness_argv()
+    script = [sys.executable, *script] if len(script) == 1 else script  # valgrind runs Python
+    run = _instructions([*script, "run", "--command", f"{sys.executable} -c pass",
+                         "--runs", "1", "--out", str(bench.folder("one-run-counted"))], cwd)
+    bench.raw["instructions"] = {"bare": bare, "one_run_campaign": run}
+    bench.rows.append(Row(
+        "start-up in instructions (callgrind, the harness process only): a one-run campaign vs "
+        "a bare `python -c pass`", f"{run / 1e6:.0f} M vs {bare / 1e6:.0f} M ({run / bare:.1f}x)"))
 
 
 def measure_trivial(bench: Bench) -> list[HarnessRun]:
@@ -592,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(_sizes(args), args.jobs, Path(scratch), log, etcd=args.etcd)
         if "startup" in parts:
             _guarded(bench, "start-up", lambda: measure_startup(bench))
+            _guarded(bench, "instructions", lambda: measure_instructions(bench))
         if "trivial" in parts:
             measure_trivial(bench)
         if "memory" in parts:
