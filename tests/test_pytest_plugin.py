@@ -69,8 +69,9 @@ def test_example_fails_against_0_4_1(pytester: pytest.Pytester, etcd_endpoint: s
     for failed, runs, low, high in rates:
         assert int(failed) >= 1 and int(runs) <= 90 and float(high) >= 5.0
         assert float(low) <= 100 * int(failed) / int(runs) <= float(high)
-    assert len(re.findall(rf"^signatures: {signature} x\d+ \(SIGABRT, finalization\)", text,
-                          re.MULTILINE)) == 2
+    # Each failure names the crash family; a rarer signature may come first in a short sample.
+    assert len(re.findall(rf"^signatures: .*\b{signature} x\d+ \(SIGABRT, finalization\)",
+                          text, re.MULTILINE)) == 2
     folders = _artifact_folders(text)
     assert len(folders) == 2
     for folder in folders:

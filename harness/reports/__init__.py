@@ -4,7 +4,7 @@
 format next to the results (the end of every `run` does that); `report_command` and
 `compare_command` are the `report` and `compare` subcommands (exit code 1 when a gate fails).
 
-Formats: terminal (rich table), json (aggregate + inputs, for tools), markdown (GitHub issue or
+Formats: terminal (a text table, reports/_table.py), json (aggregate + inputs, for tools), markdown (GitHub issue or
 $GITHUB_STEP_SUMMARY), junit (one test case per cell, failing when a gate is exceeded), html
 (one self-contained file: SVG chart, signatures, exemplar backtraces).
 """
