@@ -4,9 +4,9 @@
 format next to the results (the end of every `run` does that); `report_command` and
 `compare_command` are the `report` and `compare` subcommands (exit code 1 when a gate fails).
 
-Formats: terminal (a text table, reports/_table.py), json (aggregate + inputs, for tools), markdown (GitHub issue or
-$GITHUB_STEP_SUMMARY), junit (one test case per cell, failing when a gate is exceeded), html
-(one self-contained file: SVG chart, signatures, exemplar backtraces).
+Formats: terminal (a text table, reports/_table.py), json (aggregate + inputs, for tools),
+markdown (GitHub issue or $GITHUB_STEP_SUMMARY), junit (one test case per cell, failing when a
+gate is exceeded), html (one self-contained file: SVG chart, signatures, exemplar backtraces).
 """
 
 from __future__ import annotations
