@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from shutdown_harness.errors import UsageError
-from shutdown_harness.store import RESULTS, ResultStore, iter_records
+from shutdown_harness.store import RESULTS, ResultStore, RunIds, iter_records
 
 
 def _record(i: int, signature: str = "clean") -> dict:
@@ -42,7 +44,7 @@ def test_resume_drops_torn_tail_and_knows_done(tmp_path: Path) -> None:
     again = ResultStore(tmp_path)
     campaign = again.resume()
     assert campaign["plan"] == {"runs": 3}
-    assert again.done == {"s/t/0", "s/t/1"}
+    assert set(again.done) == {"s/t/0", "s/t/1"} and len(again.done) == 2
     again.append(_record(2))
     again.close()
     lines = (tmp_path / RESULTS).read_text().splitlines()
@@ -107,3 +109,35 @@ def test_a_campaign_file_without_a_plan_is_refused(tmp_path: Path) -> None:
     (tmp_path / "campaign.json").write_text('{"format": 1}')
     with pytest.raises(UsageError, match="has no plan"):
         ResultStore(tmp_path).resume()
+
+
+def test_run_ids_behave_as_the_set_of_their_strings() -> None:
+    rng = random.Random(7)
+    cells = ["a/x", "b/etcd==0.4.1", "c/wheel/with/slashes@explicit"]
+    ids = RunIds()
+    reference: set[str] = set()
+    for _ in range(3000):
+        run_id = f"{rng.choice(cells)}/{rng.randrange(200)}"
+        if rng.random() < 0.05:
+            run_id = rng.choice(["odd", "a/x/007", "a/x/-1", "a/x/", "/5", "a/x/1e3"])
+        ids.add(run_id)
+        reference.add(run_id)
+        probe = f"{rng.choice(cells)}/{rng.randrange(260)}"
+        assert (probe in ids) == (probe in reference)
+    ids.add("a/x/007")
+    reference.add("a/x/007")
+    assert len(ids) == len(reference) and set(ids) == reference
+    assert "a/x/007" in ids and ("a/x/7" in ids) == ("a/x/7" in reference)
+    assert 5 not in ids  # type: ignore[operator]
+
+
+def test_run_ids_hold_a_bit_per_run_not_a_string() -> None:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        ids = RunIds(f"scenario/strategy/{i}" for i in range(100_000))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(ids) == 100_000 and "scenario/strategy/99999" in ids
+    assert held < 100_000, f"{held} bytes for 100,000 run ids"  # a set of the strings: ~16 MB
