@@ -332,26 +332,20 @@ class ReportStage:
     """
 
     def __init__(self) -> None:
-        self._go = threading.Event()
-        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def begin(self) -> None:
+        """The first runs have started: load (called once, from a slot thread)."""
         self._thread = threading.Thread(target=self._load, name="preload-reports", daemon=True)
         self._thread.start()
 
-    def begin(self) -> None:
-        """The first runs have started: load (called from a slot thread)."""
-        self._go.set()
-
     def close(self) -> None:
-        """Wait for the load to end (never left importing at exit); no load if none began."""
-        if not self._go.is_set():
-            self._closed = True
-            self._go.set()
-        self._thread.join()
+        """Wait for the load to end (never left importing at exit); nothing if none began."""
+        if self._thread is not None:
+            self._thread.join()
 
-    def _load(self) -> None:
-        self._go.wait()
-        if self._closed:
-            return
+    @staticmethod
+    def _load() -> None:
         for name in REPORT_MODULES:
             try:
                 importlib.import_module(name)
