@@ -204,10 +204,11 @@ class RunIds:
 
     @staticmethod
     def _split(run_id: str) -> tuple[str, int] | None:
-        cell, _, index = run_id.rpartition("/")
-        if not cell or not (index.isascii() and index.isdigit()) or index != str(int(index)):
+        cell, _, text = run_id.rpartition("/")
+        if not cell or not (text.isascii() and text.isdigit()):
             return None
-        return cell, int(index)
+        index = int(text)
+        return (cell, index) if text == str(index) else None
 
     def add(self, run_id: str) -> None:
         split = self._split(run_id)
