@@ -21,11 +21,11 @@ What this module gives the engine instead:
 - :func:`kill_tree`: SIGKILL to a run's process, its process group and every descendant still
   attached to it (at a timeout, or when the harness stops): the pid itself is killed even when
   its group is gone.
-- the watchdog (:func:`start_watchdog`): a small process in a session of its own that waits
-  for the harness to go away (its stdin pipe closes, also on SIGKILL of the harness) and then
-  kills every process that carries the harness's mark. It covers ``--command`` runs, which
-  have no wrapper to ask for ``PR_SET_PDEATHSIG`` (the scenario wrapper, harness/child.py,
-  does).
+- the watchdog (:func:`start_watchdog`): a shell in a session of its own that waits for the
+  harness to go away (its stdin pipe closes, also on SIGKILL of the harness), then runs this
+  file, which kills every process that carries the harness's mark. It covers ``--command``
+  runs, which have no wrapper to ask for ``PR_SET_PDEATHSIG`` (the scenario wrapper,
+  harness/child.py, does).
 
 This file runs as a script too (the watchdog: ``python -I -S proctree.py NONCE``), so it uses the
 standard library only.
@@ -245,11 +245,18 @@ class Orphans:
 
 
 # -- the watchdog ----------------------------------------------------------------------------
+#: The watchdog waits in a shell, which starts the sweep (this file, run by Python) once its
+#: stdin ends. A Python that waited from the start cost ~100 M instructions (callgrind: its
+#: interpreter and this file's imports) at the start of every campaign, on the CPU the first
+#: children run on; the shell costs ~0.3 M, and is gone at once when killed.
+_WAIT_THEN_SWEEP = 'trap "" INT TERM HUP; while read -r _; do :; done; exec "$0" -I -S "$1" "$2"'
+
+
 def start_watchdog(nonce: str) -> subprocess.Popen[bytes] | None:
     """A process that kills every process marked with ``nonce`` once this one is gone."""
     try:
         return subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__), nonce],
+            ["/bin/sh", "-c", _WAIT_THEN_SWEEP, sys.executable, os.path.abspath(__file__), nonce],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C or a group kill of the harness spares it
         )

@@ -208,3 +208,29 @@ def test_orphans_are_found_at_every_look_not_only_the_first() -> None:
                 pass
         orphans.collect(everything=True)
         proctree.restore_subreaper(previous)
+
+
+def test_the_watchdog_waits_in_a_shell_and_sweeps_once_its_stdin_ends() -> None:
+    nonce = proctree.new_nonce()
+    sleeper = subprocess.Popen(["sleep", "300"],
+                               env={**os.environ, proctree.MARK: f"{nonce}.0.0"})
+    unmarked = subprocess.Popen(["sleep", "300"])
+    watchdog = proctree.start_watchdog(nonce)
+    try:
+        assert watchdog is not None
+        time.sleep(0.3)
+        # Waiting costs no interpreter: the shell runs Python only for the sweep.
+        exe = os.path.realpath(f"/proc/{watchdog.pid}/exe")
+        assert exe != os.path.realpath(sys.executable), exe
+        assert watchdog.poll() is None and sleeper.poll() is None
+        proctree.stop_watchdog(watchdog)  # stdin closes: it sweeps, then exits
+        assert watchdog.returncode == 0
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL
+        assert unmarked.poll() is None
+    finally:
+        for process in (sleeper, unmarked):
+            process.kill()
+            process.wait()
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
