@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from shutdown_harness.cli import build_parser
 from shutdown_harness.stats import wilson_interval
 
 BEHAVE = Path(__file__).parent / "children" / "behave.py"
@@ -492,3 +493,20 @@ def test_a_bad_strategy_is_refused_before_any_service_starts(tmp_path: Path) -> 
     assert done.returncode == 2, done.stderr
     assert "unknown strategy 'no-such-strategy'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--command", "true", "--runs", "3", "--jobs", "2", "--exit-delay", "200ms",
+     "--cores", "off", "--out", "x"],
+    ["run", "--scenario", "a", "--scenario", "b", "--strategy", "s", "--etcd", "embedded"],
+    ["report", "dir", "--format", "json", "-o", "f"],
+    ["evidence", "dir", "--out", "o", "--strategy", "s"],
+    ["merge", "a", "b", "--out", "o"],
+    ["sweep", "pkg", "--scenario", "s", "--versions", "0.3.0,0.4.1", "--runs", "5"],
+    ["bisect", "pkg", "--scenario", "s", "--bad", "1", "--good", "2", "--batch", "4"],
+    ["list"], ["doctor"], ["classify", "f.json"], ["compare", "dir"],
+])
+def test_a_parser_of_one_subcommand_parses_as_the_whole_one(argv: list[str]) -> None:
+    whole = build_parser().parse_args(argv)
+    assert build_parser(only=argv[0]).parse_args(argv) == whole
+    assert whole.command_name == argv[0]
