@@ -36,13 +36,12 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 
-__all__ = ["MARK", "Orphans", "become_subreaper", "kill_tree", "new_nonce", "start_watchdog",
-           "stop_watchdog", "marked"]
+__all__ = ["MARK", "Orphans", "Watchdog", "become_subreaper", "kill_tree", "new_nonce",
+           "start_watchdog", "stop_watchdog", "marked"]
 
 #: The environment variable that marks every process of a run (value ``NONCE.SLOT.SERIAL``).
 MARK = "SHUTDOWN_HARNESS_TREE"
@@ -252,19 +251,80 @@ class Orphans:
 _WAIT_THEN_SWEEP = 'trap "" INT TERM HUP; while read -r _; do :; done; exec "$0" -I -S "$1" "$2"'
 
 
-def start_watchdog(nonce: str) -> subprocess.Popen[bytes] | None:
-    """A process that kills every process marked with ``nonce`` once this one is gone."""
+class Watchdog:
+    """The watchdog process, and the pipe whose other end it waits on."""
+
+    def __init__(self, pid: int, pipe: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._pipe = pipe  # the write end: closing it (or this process dying) ends its wait
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            _kill(self.pid)
+
+    def close(self) -> None:
+        """End of file on its stdin: it sweeps once, then exits."""
+        pipe, self._pipe = self._pipe, -1
+        if pipe >= 0:
+            os.close(pipe)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: gone all the same
+                self.returncode = -signal.SIGKILL
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Its exit code, once it exited (None: still running after ``timeout`` seconds)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                return None
+            time.sleep(delay)
+            delay = min(2 * delay, 0.05)
+        return self.returncode
+
+
+def start_watchdog(nonce: str) -> Watchdog | None:
+    """A process that kills every process marked with ``nonce`` once this one is gone.
+
+    Started with ``posix_spawn``, in a session of its own (a Ctrl-C or a group kill of the
+    harness spares it); not with ``subprocess``, whose import is 10 M instructions (callgrind)
+    that a campaign otherwise never needs before its first core."""
     try:
-        return subprocess.Popen(
-            ["/bin/sh", "-c", _WAIT_THEN_SWEEP, sys.executable, os.path.abspath(__file__), nonce],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C or a group kill of the harness spares it
-        )
+        read, write = os.pipe()  # both close-on-exec: no child but the watchdog holds them
     except OSError:
         return None
+    try:
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            pid = os.posix_spawn(
+                "/bin/sh",
+                ["/bin/sh", "-c", _WAIT_THEN_SWEEP, sys.executable, os.path.abspath(__file__),
+                 nonce],
+                os.environ,
+                file_actions=[(os.POSIX_SPAWN_DUP2, read, 0), (os.POSIX_SPAWN_DUP2, null, 1),
+                              (os.POSIX_SPAWN_DUP2, null, 2)],
+                setsid=True, setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            )
+        finally:
+            os.close(null)
+    except OSError:
+        os.close(write)
+        return None
+    finally:
+        os.close(read)
+    return Watchdog(pid, write)
 
 
-def stop_watchdog(watchdog: subprocess.Popen[bytes] | None, *, swept: bool = False) -> None:
+def stop_watchdog(watchdog: Watchdog | None, *, swept: bool = False) -> None:
     """End the watchdog: the harness is ending on its own.
 
     ``swept``: this process is a subreaper and has swept every run's processes itself
@@ -276,13 +336,10 @@ def stop_watchdog(watchdog: subprocess.Popen[bytes] | None, *, swept: bool = Fal
     """
     if watchdog is None:
         return
-    try:
-        if swept:
-            watchdog.kill()  # SIGKILL: it ignores SIGTERM
-        if watchdog.stdin is not None:
-            watchdog.stdin.close()  # end of file: sweep once, then exit
-        watchdog.wait(timeout=_WATCH_SWEEP_S + 3.0)
-    except (OSError, subprocess.TimeoutExpired):
+    if swept:
+        watchdog.kill()  # SIGKILL: it ignores SIGTERM
+    watchdog.close()
+    if watchdog.wait(timeout=_WATCH_SWEEP_S + 3.0) is None:
         watchdog.kill()
         watchdog.wait()
 

@@ -136,7 +136,7 @@ class _ServerWatch:
         self._users = 0
         self._serial = 0
         self._nonce = ""
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: proctree.Watchdog | None = None
 
     def acquire(self) -> str:
         """A new server's mark, padded to the room of a run's mark."""
