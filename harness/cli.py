@@ -16,7 +16,6 @@ import shlex
 import shutil
 import signal
 import sys
-import textwrap
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -514,6 +513,10 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]],
         lead = "  " + "".join(cell.ljust(w + 2) for cell, w in zip(row, widths, strict=False))
         last = [row[-1]]
         if width is not None and width - indent >= 20:
+            # Imported here: textwrap is 4 M instructions (callgrind) of every command's start,
+            # for `list` on a terminal only.
+            import textwrap
+
             last = textwrap.wrap(row[-1], width - indent) or [""]
         lines.append((lead + last[0]).rstrip())
         lines.extend(" " * indent + more for more in last[1:])

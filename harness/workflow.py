@@ -45,7 +45,6 @@ from shutdown_harness.progress import ProgressView, Tally
 from shutdown_harness.recorder import Recorder, RecorderOptions, Stop, now_iso
 from shutdown_harness.stats import cell_done
 from shutdown_harness.store import ResultStore, iter_records
-from shutdown_harness.versions import label_key
 
 if TYPE_CHECKING:
     from shutdown_harness.services import ServiceSet
@@ -447,6 +446,10 @@ def _cell_done(
 
 def summarize(tally: Tally, out: Path, *, completed: bool, interrupted: bool, log: Log) -> None:
     """The last lines on the terminal: one per cell, and where everything is."""
+    # Imported here: versions.py pulls packaging.version, 9.5 M instructions (callgrind) that
+    # every campaign's start would pay; by now the report stage has loaded it (aggregate).
+    from shutdown_harness.versions import label_key
+
     state = "interrupted" if interrupted else ("done" if completed else "stopped")
     log(f"\n{state}: {sum(tally.total.values())} runs in {out}")
     for (scenario, strategy), counter in sorted(

@@ -174,13 +174,14 @@ _HEAVY = ("scipy", "urllib.request", "http.client", "importlib.metadata", "filel
 #: Not imported by `cli` and `workflow` themselves (`run` imports those, then starts the
 #: children): the report stage loads while the runs go (workflow.ReportStage), the prepare stage
 #: for scenario campaigns only (not --command), the rest on the paths that need it (a core to
-#: read, --warm, an interval to compute).
+#: read, --warm, an interval to compute, the end of the campaign).
 _AFTER_THE_FIRST_RUN = ("shutdown_harness.reports", "shutdown_harness.aggregate",
                         "shutdown_harness.merge", "shutdown_harness.prepare",
                         "shutdown_harness.discovery", "shutdown_harness.strategies",
                         "shutdown_harness.virtualenv", "shutdown_harness.warm",
-                        "concurrent.futures", "statistics", "socket", "secrets", "uuid",
-                        "hashlib")
+                        "shutdown_harness.versions", "concurrent.futures", "statistics",
+                        "socket", "secrets", "uuid", "hashlib", "subprocess", "textwrap",
+                        "base64", "packaging.version")
 
 _CAMPAIGN = ("shutdown_harness.cli, shutdown_harness.workflow, shutdown_harness.reports, "
              + ", ".join(f"shutdown_harness.reports.{m}" for m in (
