@@ -100,6 +100,24 @@ def test_mixed_load_is_labelled_in_every_format(tmp_path: Path) -> None:
         assert "4 jobs/CPU" in text and "2 jobs/CPU" in text, fmt
 
 
+def test_a_python_column_when_the_cells_ran_on_different_pythons(tmp_path: Path) -> None:
+    synth.make_campaign(tmp_path, [synth.CellSpec("s", "old", 20, {"native-crash": 2}),
+                                   synth.CellSpec("s", "new", 20, {})])
+    for fmt in ("terminal", "markdown", "html"):
+        assert "Python" not in render(tmp_path, fmt, gates={}).split("Signatures")[0], fmt
+    recs = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    for rec in recs:
+        rec["python"] = "3.12.1" if rec["strategy"] == "new" else "3.11.7"
+    (tmp_path / "results.jsonl").unlink()
+    synth.write_records(tmp_path, recs)
+    md = render(tmp_path, "markdown", gates={})
+    assert "| Top signatures | Python |" in md
+    assert re.search(r"^\| s \| `new` \| 20 \| 0 \| .* \| 3\.12\.1 \|$", md, flags=re.M), md
+    for fmt in ("terminal", "html"):
+        text = render(tmp_path, fmt, gates={})
+        assert "Python" in text and "3.12.1" in text and "3.11.7" in text, fmt
+
+
 def test_unknown_format(campaign: Path) -> None:
     with pytest.raises(UsageError, match="unknown report format"):
         render(campaign, "pdf", gates={})

@@ -14,6 +14,7 @@ from shutdown_harness.reports._common import (
     gate_status,
     title,
     top_signatures_text,
+    varying_pythons,
     verdicts,
 )
 
@@ -29,6 +30,9 @@ def cells_table(data: ReportData) -> list[str]:
     agg = data.agg
     head = ["Scenario", "Strategy", "Runs", "Failures", "Failure rate [95% CI]",
             "Top signatures"]
+    pythons = varying_pythons(agg)
+    if pythons:
+        head.append("Python")
     if agg.infra:
         head.append("Infra")
     if data.gates:
@@ -39,6 +43,8 @@ def cells_table(data: ReportData) -> list[str]:
     for cell in agg.cells:
         row = [escape(cell.scenario), f"`{escape(cell_label(cell, agg))}`", str(cell.runs),
                str(cell.failures), cell.rate_text(), escape(top_signatures_text(cell)) or "—"]
+        if pythons:
+            row.append(escape(", ".join(sorted(cell.pythons))))
         if agg.infra:
             row.append(str(cell.infra))
         if data.gates:
