@@ -273,7 +273,7 @@ def _run_options(run: argparse.ArgumentParser, services: Mapping[str, ServiceKin
     how.add_argument("--warm", action="store_true", default=None,
                      help="fork children from a server that imported the client (cold "
                           "controls and a warm-vs-cold fidelity test in every report)")
-    _service_options(how, services or {})
+    _service_options(how, services)
     stress = run.add_argument_group("stressors")
     stress.add_argument("--pin", metavar="CPUS", help="pin children to these CPUs (0 or 0-1)")
     stress.add_argument("--exit-delay", type=_argtype(_exit_delay, "--exit-delay"), metavar="S",
