@@ -492,10 +492,12 @@ def _cmd_run(args: argparse.Namespace, config: dict[str, Any], argv: Sequence[st
         given=given,
     )
     # This process's modules live to its end: frozen, the cyclic collector no longer walks
-    # them at each full collection during the runs. Frozen again at the end, the last
-    # collection at exit walks nothing either (exit: 24 -> 6 ms). Here, not in workflow.run,
-    # which the pytest plugin calls inside a test session that goes on.
+    # them at each full collection during the runs; it is on again from here (off while they
+    # loaded: shutdown_harness/__main__.py). Frozen again at the end, the last collection at
+    # exit walks nothing either (exit: 24 -> 6 ms). Here, not in workflow.run, which the pytest
+    # plugin calls inside a test session that goes on.
     gc.freeze()
+    gc.enable()
     code = run(plan, options).code
     gc.freeze()
     return code
@@ -667,6 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser(kinds(config), only=command).parse_args(argv)
         if args.command_name == "run":
             return _cmd_run(args, config, argv)
+        gc.enable()  # off while the modules loaded (shutdown_harness/__main__.py)
         if args.command_name == "sweep":
             return _cmd_sweep(args, config, argv)
         if args.command_name == "bisect":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import gc
 import json
 import os
 import signal
@@ -9,8 +11,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from shutdown_harness import __main__ as entry
+from shutdown_harness import workflow
 from shutdown_harness.cli import build_parser
 from shutdown_harness.stats import wilson_interval
 
@@ -510,3 +515,37 @@ def test_a_parser_of_one_subcommand_parses_as_the_whole_one(argv: list[str]) -> 
     whole = build_parser().parse_args(argv)
     assert build_parser(only=argv[0]).parse_args(argv) == whole
     assert whole.command_name == argv[0]
+
+
+@pytest.mark.parametrize("argv", [["list"], ["run", "--command", "true", "--runs", "1"]])
+def test_the_collector_is_off_while_modules_load_and_on_for_the_work(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    if argv[0] == "run":
+        def fake_run(plan: object, options: object) -> SimpleNamespace:
+            seen.append(gc.isenabled())
+            return SimpleNamespace(code=0)
+
+        monkeypatch.setattr(workflow, "run", fake_run)
+    real_import = builtins.__import__
+
+    def watching_import(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("shutdown_harness"):
+            seen.append(gc.isenabled())
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(sys, "argv", ["shutdown-harness", *argv, "--out", str(tmp_path / "c")]
+                        if argv[0] == "run" else ["shutdown-harness", *argv])
+    monkeypatch.setattr(builtins, "__import__", watching_import)
+    try:
+        assert entry.main() == 0
+        on = gc.isenabled()
+    finally:
+        monkeypatch.setattr(builtins, "__import__", real_import)
+        gc.enable()
+        gc.unfreeze()  # `run` froze this test process's objects
+    assert seen and seen[0] is False  # the first import, of the cli, with the collector off
+    assert on
+    if argv[0] == "run":
+        assert seen[-1] is True  # the campaign itself runs with it on
