@@ -158,8 +158,9 @@ def _die_with_parent(parent: int | None = None) -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1 if parent is None else os.getppid() != parent:
-        os._exit(1)  # the harness died before the prctl
+    orphaned = os.getppid() == 1 if parent is None else os.getppid() != parent
+    if orphaned:  # the harness died before the prctl
+        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
